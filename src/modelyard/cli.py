@@ -1,0 +1,229 @@
+"""The ``modelyard`` command line: a thin layer over the Python API.
+
+Every command explains itself with ``--help``. On failure the error is printed as one
+line and the exit code is non-zero (2 for a bad spec or bad usage, 1 otherwise); a
+traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from modelyard import __version__
+from modelyard.errors import ModelyardError, SpecError
+
+app = typer.Typer(
+    name="modelyard",
+    help="Take a model from first fit to production-ready in one pipeline: search, train, shrink, analyze, "
+    "explain, gate. Every run's artifacts, metrics and lineage are recorded.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+runs_app = typer.Typer(help="List and inspect recorded runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+_state: dict[str, Any] = {"debug": False}
+
+StoreOption = Annotated[
+    Optional[str],
+    typer.Option("--store", envvar="MODELYARD_STORE", show_envvar=True,
+                 help="Metadata store URL (sqlite:///path.db or postgresql://user@host/db). "
+                 "Default: sqlite:///.modelyard/metadata.db"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback when something fails.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@app.command("run")
+def run_cmd(
+    spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML), e.g. examples/adult.yaml.")],
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are written.")] = Path("runs"),
+    store: StoreOption = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every step even if a cached result exists.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
+) -> None:
+    """Run the whole pipeline a spec describes.
+
+    The spec is validated before anything runs. Each step's result is cached by its
+    name, code version, config and input digests: re-running an unchanged spec reuses
+    every step, and changing one step's config re-runs it and the steps after it. A run
+    that was killed is marked aborted on the next start, which resumes from the last
+    finished step. Output goes to RUNS_DIR/<run-id>/ (report.html, metrics.json,
+    model.onnx, model_card.md, one folder per step).
+    """
+    from modelyard import pipeline
+
+    result = pipeline.run(spec, runs_dir=runs_dir, store=store, use_cache=not no_cache, quiet=quiet)
+    typer.echo(str(result.root))
+
+
+@runs_app.command("list")
+def runs_list(
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs to show, newest first.")] = 20,
+    pipeline_name: Annotated[Optional[str], typer.Option("--pipeline", help="Only runs of this pipeline.")] = None,
+) -> None:
+    """List recorded runs, newest first, with their status and how many steps were cached."""
+    from rich.table import Table
+
+    from modelyard.pipeline import MetadataStore
+
+    with MetadataStore(store) as meta:
+        runs = meta.list_runs(limit=limit, pipeline=pipeline_name)
+        table = Table(title=f"Runs in {meta.describe()}", title_justify="left")
+        for col in ("run", "pipeline", "status", "started (UTC)", "seconds", "steps"):
+            table.add_column(col, justify="right" if col == "seconds" else "left")
+        for r in runs:
+            execs = meta.executions(r.id)
+            ran = sum(e.status == "complete" for e in execs)
+            cached = sum(e.status == "cached" for e in execs)
+            secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "–"
+            color = {"succeeded": "green", "failed": "red", "aborted": "yellow"}.get(r.status, "cyan")
+            table.add_row(r.id, r.pipeline, f"[{color}]{r.status}[/{color}]", f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                          secs, f"{ran} ran, {cached} cached")
+    console = _console()
+    if not runs:
+        console.print("No runs recorded yet. Start one with `modelyard run examples/adult.yaml`.")
+        return
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix of it).")],
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show one run: its status, each step (ran or cached, seconds, key figures) and its artifacts."""
+    from rich.table import Table
+
+    from modelyard.pipeline import MetadataStore
+
+    with MetadataStore(store) as meta:
+        r = meta.get_run(run)
+        execs = meta.executions(r.id)
+    if as_json:
+        typer.echo(json.dumps({
+            "id": r.id, "pipeline": r.pipeline, "status": r.status, "root": r.root, "error": r.error,
+            "started_at": r.started_at.isoformat(), "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            "steps": [{"step": e.step, "status": e.status, "seconds": e.seconds, "figures": e.figures,
+                       "cache_key": e.cache_key, "cached_from": e.cached_from, "error": e.error,
+                       "outputs": [{"name": a.name, "digest": a.digest, "size": a.size} for a in e.outputs]}
+                      for e in execs],
+        }, indent=2, default=str))
+        return
+    console = _console()
+    console.print(f"[bold]run[/bold] {r.id} · pipeline [bold]{r.pipeline}[/bold] · status [bold]{r.status}[/bold]")
+    console.print(f"folder {r.root} · started {r.started_at:%Y-%m-%d %H:%M:%S} UTC · spec sha256:{r.spec_digest[:16]}")
+    if r.error:
+        console.print(f"[red]error:[/red] {r.error}", markup=True)
+    table = Table(title_justify="left")
+    for col in ("step", "status", "seconds", "figures", "outputs"):
+        table.add_column(col, overflow="fold")
+    for e in execs:
+        figures = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.figures.items()
+                            if not isinstance(v, (dict, list)) and k != "seconds")
+        outputs = ", ".join(Path(a.name).name for a in e.outputs)
+        table.add_row(e.step, e.status, f"{e.seconds:.2f}" if e.seconds is not None else "–", figures, outputs)
+    console.print(table)
+
+
+@app.command("lineage")
+def lineage_cmd(
+    artifact: Annotated[str, typer.Argument(help="An artifact: a file path (e.g. runs/<id>/model.onnx), "
+                                            "an artifact id, or a SHA-256 prefix.")],
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show which data, spec and steps produced an artifact.
+
+    Walks the recorded events back from the artifact: the execution that wrote it, the
+    artifacts that execution read, and so on down to the source data files and their
+    SHA-256 digests.
+    """
+    from modelyard.pipeline import MetadataStore
+    from modelyard.pipeline._lineage import lineage_summary, render_lineage, resolve_artifact
+
+    with MetadataStore(store) as meta:
+        art = resolve_artifact(meta, artifact)
+        tree = meta.lineage(art.id)
+        summary = lineage_summary(meta, tree)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    render_lineage(_console(), tree, summary)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    """Print ``exc`` as one line and return the Exit to raise (a traceback only under --debug)."""
+    if isinstance(exc, ModelyardError):
+        typer.echo(f"error: {exc}", err=True)
+        return typer.Exit(2 if isinstance(exc, SpecError) else 1)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    typer.echo(f"error: {type(exc).__name__}: {first} (run `modelyard --debug ...` for the traceback)", err=True)
+    return typer.Exit(1)
+
+
+def _guarded(command: Any) -> Any:
+    """Wrap a command so that errors become one line and a non-zero exit code."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            raise _fail(exc) from None
+
+    return wrapper
+
+
+for _app in (app, runs_app):
+    for _info in _app.registered_commands:
+        _info.callback = _guarded(_info.callback)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``modelyard`` command."""
+    try:
+        app(args=argv, prog_name="modelyard")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

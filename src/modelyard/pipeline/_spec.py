@@ -1,0 +1,316 @@
+"""The pipeline spec: YAML validated by typed models before anything runs.
+
+A spec names the data, the models to train, and how to evaluate, export and report.
+Every error names the field's path (``evaluate.slices[3].buckets``), the bad value
+and what is allowed, in one line::
+
+    name: adult-income
+    data: {source: adult, sensitive: [sex, race], split: {valid: 0.1, seed: 0}}
+    train:
+      models:
+        mlp: {family: mlp}
+        gbm: {family: gbm}
+      select: {metric: accuracy}
+    evaluate: {slices: [sex, race, [sex, race], {feature: age, buckets: [25, 45, 65]}]}
+    export: {format: onnx}
+    report: {format: html}
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelyard.errors import SpecError
+
+__all__ = [
+    "PipelineSpec", "DataSpec", "SplitSpec", "TrainSpec", "SelectSpec", "BucketSlice", "EvaluateSpec",
+    "ExportSpec", "ReportSpec", "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
+]
+
+#: Model families a spec can name, and where their typed config lives. The config
+#: modules import no heavy framework, so validating a spec stays fast.
+MODEL_FAMILY_CONFIGS: dict[str, str] = {
+    "mlp": "modelyard.models._config:MLPConfig",
+    "gbm": "modelyard.models._config:GBMConfig",
+}
+
+
+def model_config_class(family: str) -> type[BaseModel]:
+    module, _, attr = MODEL_FAMILY_CONFIGS[family].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSpec(_Strict):
+    """How rows are split. Splits are seeded and stratified on the target."""
+
+    test: float | Literal["official"] | None = Field(
+        None, description="Fraction held out for test, or 'official' for the data set's own test file. "
+        "Default: the official test file where the data set has one, else 0.2.")
+    valid: float = Field(0.1, gt=0, lt=1, description="Fraction of training rows held out for early stopping "
+                         "and model selection.")
+    seed: int = Field(0, description="Seed of the split; the same seed gives the same rows.")
+
+    @field_validator("test")
+    @classmethod
+    def _test_range(cls, v: Any) -> Any:
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError("must be between 0 and 1 (exclusive) or 'official'")
+        return v
+
+
+class DataSpec(_Strict):
+    """Where the data comes from: a built-in data set's name or a CSV/Parquet path."""
+
+    source: str = Field(description="Built-in data set (adult, compas, ...) or a path to a .csv or .parquet file, "
+                        "relative to the spec's folder.")
+    target: str | None = Field(None, description="Target column; built-in data sets have a default.")
+    sensitive: list[str] | None = Field(None, description="Columns for slicing and fairness; built-ins have defaults.")
+    drop: list[str] = Field(default_factory=list, description="Columns never used as features (ids, leaks).")
+    categorical: list[str] = Field(default_factory=list, description="Numeric columns to treat as categorical.")
+    task: Literal["binary", "multiclass", "regression"] | None = Field(None, description="Inferred when omitted.")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+
+class ModelEntry(BaseModel):
+    """One model to train: a family plus that family's own config keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    family: str
+
+    @field_validator("family")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODEL_FAMILY_CONFIGS:
+            raise ValueError(f"unknown model family {v!r}; known: {sorted(MODEL_FAMILY_CONFIGS)}")
+        return v
+
+    def family_config(self) -> BaseModel:
+        """The typed config of this entry's family (validated in :func:`parse_spec`)."""
+        return model_config_class(self.family).model_validate(self.model_extra or {})
+
+
+def _default_models() -> dict[str, ModelEntry]:
+    return {"mlp": ModelEntry(family="mlp"), "gbm": ModelEntry(family="gbm")}
+
+
+class SelectSpec(_Strict):
+    """Which trained model is chosen for export: the best on the validation split."""
+
+    metric: str = Field("accuracy", description="Metric to rank models by, on the validation split.")
+    mode: Literal["max", "min"] | None = Field(None, description="Default: min for losses/errors, else max.")
+
+
+class TrainSpec(_Strict):
+    models: dict[str, ModelEntry] = Field(default_factory=_default_models,
+                                          description="Models to train, by name; the name is a folder name.")
+    select: SelectSpec = Field(default_factory=SelectSpec)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        import re
+
+        if not v:
+            raise ValueError("must name at least one model, e.g. {mlp: {family: mlp}}")
+        for name in v:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+                raise ValueError(f"model name {name!r} must be lower-case letters, digits, '_' or '-'")
+        return v
+
+
+class BucketSlice(_Strict):
+    """Slice a numeric feature into buckets at the given edges."""
+
+    feature: str
+    buckets: list[float] = Field(min_length=1, description="Increasing bucket edges, e.g. [25, 45, 65].")
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("must be strictly increasing")
+        return v
+
+
+SliceSpec = Union[str, list[str], BucketSlice]
+
+
+class EvaluateSpec(_Strict):
+    slices: list[SliceSpec] | None = Field(None, description="Columns, crosses ([sex, race]) or buckets; "
+                                           "default: the data's sensitive columns.")
+    metrics: list[str] | None = Field(None, description="Default by task: accuracy, auc, log_loss, count "
+                                      "(classification) or rmse, mae, r2, count (regression).")
+
+
+class ExportSpec(_Strict):
+    format: Literal["onnx"] = "onnx"
+    atol: float = Field(1e-5, gt=0, description="Largest allowed |runtime - framework| output difference.")
+    parity_rows: int = Field(2000, ge=1, description="Test rows used for the parity check.")
+
+
+class ReportSpec(_Strict):
+    format: Literal["html"] = "html"
+    model_card: bool = True
+
+
+class PipelineSpec(_Strict):
+    """A whole pipeline: data, train, evaluate, export, report."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @model_validator(mode="after")
+    def _select_metric(self) -> PipelineSpec:
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain data with every default filled in (model configs included)."""
+        out = self.model_dump(mode="json")
+        for name, entry in self.train.models.items():
+            out["train"]["models"][name] = {"family": entry.family, **entry.family_config().model_dump(mode="json")}
+        return out
+
+
+# -- errors ------------------------------------------------------------------------------
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds union-member names (str, list[str], BucketSlice) to the location.
+    keep = []
+    for part in loc:
+        if isinstance(part, str) and (part in {"str", "list[str]", "float", "int", "literal['official']", "none"}
+                                      or part.startswith(("list[", "function-", "literal[", "BucketSlice"))):
+            continue
+        keep.append(part)
+    return tuple(keep)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Field names allowed at ``loc`` (the mapping that holds the unknown key), if found."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif isinstance(part, int) or isinstance(part, str):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models:
+                current = models[-1]
+            elif args:
+                current = args[-1]
+            else:
+                return None
+        while typing.get_origin(current) is Union or type(current).__name__ == "UnionType":
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = models[0] if len(models) == 1 else (args[0] if len(args) == 1 else current)
+            if len(models) != 1 and len(args) != 1:
+                break
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def _format_errors(exc: ValidationError, *, model: type[BaseModel], prefix: tuple[Any, ...] = (),
+                   where: str = "spec") -> SpecError:
+    errors = []
+    for err in exc.errors(include_url=False):
+        errors.append((_clean_loc(tuple(err["loc"])), err))
+    # A value that matched no member of a union (a slice entry) yields one error per
+    # member; keep the deepest ones, and merge those at the same place with "or".
+    locs = [loc for loc, _ in errors]
+    errors = [(loc, err) for loc, err in errors
+              if not any(other != loc and other[:len(loc)] == loc for other in locs)]
+    merged: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for loc, err in errors:
+        merged.setdefault(loc, []).append(err)
+    lines = []
+    for raw_loc, errs in merged.items():
+        loc = prefix + raw_loc
+        err = errs[0]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, raw_loc[:-1])
+            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{_path(loc[:-1])}: unknown key {loc[-1]!r}{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{_path(loc)}: required field is missing")
+        else:
+            msg = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errs))
+            value = err.get("input")
+            shown = json.dumps(value, default=str)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            lines.append(f"{_path(loc)}: {msg} (got {shown})")
+    more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:3])})" if len(lines) > 1 else ""
+    return SpecError(f"Invalid {where}: {lines[0]}{more}.")
+
+
+def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
+    """Validate plain data (as loaded from YAML) into a :class:`PipelineSpec`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"Invalid {where}: the top level must be a mapping with keys name, data, train, ...; "
+                        f"got {type(data).__name__}.")
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _format_errors(exc, model=PipelineSpec, where=where) from None
+    for name, entry in spec.train.models.items():
+        cls = model_config_class(entry.family)
+        try:
+            cls.model_validate(entry.model_extra or {})
+        except ValidationError as exc:
+            raise _format_errors(exc, model=cls, prefix=("train", "models", name), where=where) from None
+    return spec
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate a YAML spec (safe loader only).
+
+    Raises
+    ------
+    SpecError
+        The file is missing, not YAML, or does not validate; the message names the
+        field's path, the bad value and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"Spec file {str(path)!r} does not exist; give the path to a YAML spec such as examples/adult.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"Spec {str(path)!r} is not valid YAML{at}: {problem}.") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"Spec {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML.") from None
+    if data is None:
+        raise SpecError(f"Spec {str(path)!r} is empty; it needs at least `name` and `data`.")
+    return parse_spec(data, where=f"spec {str(path)!r}")

@@ -1,0 +1,359 @@
+"""The built-in steps of a pipeline: data, train (one per model), evaluate, export, report.
+
+Heavy libraries (torch, scikit-learn, matplotlib) are imported inside ``run`` so that a
+fully cached re-run never loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from modelyard.errors import DataError, SpecError
+from modelyard.pipeline._spec import PipelineSpec
+from modelyard.pipeline._step import ExternalInput, Step, StepContext
+
+__all__ = ["DataStep", "TrainStep", "EvaluateStep", "ExportStep", "ReportStep", "build_steps", "resolve_source"]
+
+_SPLITS = ("train", "valid", "test")
+_FILE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".parquet", ".pq")
+
+
+def _is_file_source(source: str) -> bool:
+    return source.lower().endswith(_FILE_SUFFIXES) or "/" in source or "\\" in source
+
+
+def resolve_source(source: str, spec_dir: Path | None) -> str:
+    """A file source as an absolute path (relative to the spec's folder, else the cwd)."""
+    if not _is_file_source(source):
+        return source
+    p = Path(source).expanduser()
+    if not p.is_absolute():
+        for base in ([spec_dir] if spec_dir else []) + [Path.cwd()]:
+            if (base / p).exists():
+                return str((base / p).resolve())
+        base = spec_dir or Path.cwd()
+        p = base / p
+    return str(p.resolve())
+
+
+def _read_split(ctx: StepContext, role: str, schema: Any) -> Any:
+    import pandas as pd
+
+    from modelyard.data import TabularSplit
+
+    return TabularSplit(pd.read_parquet(ctx.input(role)), schema)
+
+
+def _read_schema(ctx: StepContext) -> Any:
+    from modelyard.data import Schema
+
+    return Schema.from_dict(ctx.read_json("schema")["schema"])
+
+
+class DataStep(Step):
+    """Load the data set, split it, and write the splits as Parquet plus the schema."""
+
+    kind = "data"
+    VERSION = "1"
+
+    def external_inputs(self) -> list[ExternalInput]:
+        from modelyard.data import builtin_files, sha256_file
+
+        source = self.config["source"]
+        if _is_file_source(source):
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"Data file {source!r} does not exist; fix data.source in the spec.")
+            return [ExternalInput(path.name, str(path), sha256_file(path), path.stat().st_size)]
+        return [ExternalInput(name, str(path), digest, Path(path).stat().st_size)
+                for name, path, digest in builtin_files(source)]
+
+    def run(self, ctx: StepContext) -> None:
+        import dataclasses
+
+        from modelyard import data as mydata
+
+        cfg = self.config
+        split = cfg["split"]
+        bar = ctx.progress("loading data", None)
+        source = cfg["source"]
+        kwargs = dict(valid=split["valid"], seed=split["seed"])
+        if _is_file_source(source):
+            test = split["test"]
+            if test == "official":
+                raise SpecError("data.split.test: 'official' is only for built-in data sets that ship a test file; "
+                                "give a fraction such as 0.2.")
+            if not cfg.get("target"):
+                raise SpecError(f"data.target: required for a file source ({source}); name the target column.")
+            reader = mydata.from_parquet if source.lower().endswith((".parquet", ".pq")) else mydata.from_csv
+            data = reader(source, target=cfg["target"], sensitive=cfg.get("sensitive") or (),
+                          drop=cfg.get("drop") or (), categorical=cfg.get("categorical") or (),
+                          task=cfg.get("task"), test=0.2 if test is None else test, **kwargs)
+        else:
+            test = split["test"]
+            data = mydata.load(source, test=None if test == "official" else test, **kwargs)
+            if not isinstance(data, mydata.TabularData):
+                raise SpecError(f"data.source: {source!r} is an image data set; this pipeline trains tabular "
+                                "models (mlp, gbm). Use a tabular data set or a CSV/Parquet file.")
+            if cfg.get("target") and cfg["target"] != data.schema.target:
+                raise SpecError(f"data.target: built-in data set {source!r} has target {data.schema.target!r}, "
+                                f"not {cfg['target']!r}; remove data.target.")
+            if cfg.get("sensitive") is not None:
+                missing = [c for c in cfg["sensitive"] if c not in data.train.frame.columns]
+                if missing:
+                    raise DataError(f"data.sensitive names unknown columns {missing}; "
+                                    f"columns are {list(map(str, data.train.frame.columns))}.")
+                data.schema = dataclasses.replace(data.schema, sensitive=tuple(cfg["sensitive"]))
+        bar(completed=1, total=1)
+        for name in _SPLITS:
+            frame = data.splits[name].frame.reset_index(drop=True)
+            with ctx.output(f"{name}.parquet") as tmp:
+                frame.to_parquet(tmp, index=False)
+        ctx.write_json("schema.json", {"name": data.name, "schema": data.schema.to_dict(), "sources": data.sources})
+        ctx.write_json("rows.json", {name: len(data.splits[name]) for name in _SPLITS})
+        ctx.record(rows_train=len(data.train), rows_valid=len(data.valid), rows_test=len(data.test),
+                   features=len(data.schema.features), task=data.schema.task)
+
+    def summary(self, figures: dict[str, Any]) -> str:
+        return (f"{figures.get('rows_train', 0):,} train · {figures.get('rows_valid', 0):,} valid · "
+                f"{figures.get('rows_test', 0):,} test rows, {figures.get('features', 0)} features")
+
+
+def _fit_mlp(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
+    from modelyard.models import fit_mlp, save_torch
+
+    bar = ctx.progress("training mlp", config.max_epochs)
+
+    def on_epoch(epoch: int, max_epochs: int, logs: dict[str, float]) -> None:
+        info = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
+        bar(completed=epoch + 1 if epoch < max_epochs else max_epochs, info=info)
+
+    predictor = fit_mlp(train, valid, config, callback=on_epoch)
+    with ctx.output("model.safetensors") as tmp:
+        save_torch(predictor, tmp)
+    extra = {}
+    history = getattr(predictor, "history_", None) or getattr(getattr(predictor, "trainer", None), "history_", None)
+    if history:
+        extra["history"] = history
+    best = getattr(predictor, "best_epoch_", None)
+    if best is not None:
+        extra["best_epoch"] = best
+    return predictor, extra
+
+
+def _fit_gbm(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
+    from modelyard.compress import export_onnx
+    from modelyard.models import fit_gbm
+
+    bar = ctx.progress("training gbm", None)
+    predictor = fit_gbm(train, valid, config)
+    bar(completed=1, total=1)
+    with ctx.output("model.onnx") as tmp:
+        result = export_onnx(predictor, tmp, sample=valid.X.head(2000))
+    return predictor, {"onnx_max_abs_diff": result.max_abs_diff}
+
+
+_TRAINERS = {"mlp": _fit_mlp, "gbm": _fit_gbm}
+
+
+class TrainStep(Step):
+    """Fit one model family on the train split (early stopping on valid) and store it safely."""
+
+    kind = "train"
+    VERSION = "1"
+
+    def run(self, ctx: StepContext) -> None:
+        from modelyard.pipeline._spec import model_config_class
+
+        schema = _read_schema(ctx)
+        train, valid = _read_split(ctx, "train", schema), _read_split(ctx, "valid", schema)
+        family = self.config["family"]
+        config = model_config_class(family).model_validate({k: v for k, v in self.config.items() if k != "family"})
+        t0 = time.perf_counter()
+        predictor, extra = _TRAINERS[family](train, valid, config, ctx)
+        fit_seconds = time.perf_counter() - t0
+        valid_metric = _quick_metric(predictor, valid)
+        ctx.write_json("fit.json", {"family": family, "fit_seconds": round(fit_seconds, 3), **valid_metric,
+                                    **_jsonable(extra)})
+        ctx.record(fit_seconds=round(fit_seconds, 2), **valid_metric)
+
+
+def _quick_metric(predictor: Any, split: Any) -> dict[str, float]:
+    import numpy as np
+
+    pred = predictor.predict(split.X)
+    if predictor.task == "regression":
+        return {"valid_rmse": float(np.sqrt(np.mean((pred - split.y) ** 2)))}
+    return {"valid_accuracy": float(np.mean(pred == split.y))}
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=float))
+
+
+_LOWER_IS_BETTER = ("log_loss", "rmse", "mae", "loss", "brier")
+
+
+class EvaluateStep(Step):
+    """Score every model on valid (for selection) and test (overall and per slice)."""
+
+    kind = "evaluate"
+    VERSION = "1"
+
+    def run(self, ctx: StepContext) -> None:
+        import math
+
+        from modelyard.evaluate import evaluate_predictor, roc_curve_points
+        from modelyard.models import load_predictor
+
+        schema = _read_schema(ctx)
+        valid, test = _read_split(ctx, "valid", schema), _read_split(ctx, "test", schema)
+        slices = self.config["slices"]
+        if slices is None:
+            slices = list(schema.sensitive)
+        metrics = self.config["metrics"]
+        models = [role.removeprefix("model:") for role in self.inputs if role.startswith("model:")]
+        bar = ctx.progress("evaluating", len(models))
+        out: dict[str, Any] = {}
+        for name in models:
+            predictor = load_predictor(ctx.input(f"model:{name}"))
+            fit = ctx.read_json(f"fit:{name}")
+            v = evaluate_predictor(predictor, valid.frame, slices=[], metrics=metrics)
+            t = evaluate_predictor(predictor, test.frame, slices=slices, metrics=metrics)
+            entry: dict[str, Any] = {"family": fit["family"], "fit_seconds": fit["fit_seconds"],
+                                     "valid": v.to_dict(), "test": t.to_dict()}
+            if schema.task == "binary":
+                entry["roc"] = roc_curve_points(test.y, predictor.predict_proba(test.X))
+            out[name] = entry
+            bar(advance=1)
+        select = self.config["select"]
+        metric = select["metric"]
+        mode = select.get("mode") or ("min" if metric in _LOWER_IS_BETTER else "max")
+        scores = {}
+        for name, entry in out.items():
+            value = entry["valid"]["overall"].get(metric)
+            if value is None:
+                known = sorted(entry["valid"]["overall"])
+                raise SpecError(f"train.select.metric: {metric!r} was not computed on the validation split; "
+                                f"choose one of {known}.")
+            scores[name] = float(value)
+        finite = {k: v for k, v in scores.items() if not math.isnan(v)}
+        if not finite:
+            raise DataError(f"Every model's validation {metric} is NaN; choose another train.select.metric.")
+        chosen = (min if mode == "min" else max)(finite, key=lambda k: (finite[k], -list(finite).index(k)))
+        ctx.write_json("evaluation.json", _jsonable({
+            "models": out,
+            "chosen": {"model": chosen, "metric": metric, "mode": mode, "split": "valid", "value": finite[chosen],
+                       "family": out[chosen]["family"]},
+        }))
+        ctx.record(chosen=chosen, **{f"test_{metric}_{n}": out[n]["test"]["overall"].get(metric) for n in out})
+
+
+class ExportStep(Step):
+    """Export the chosen model to ONNX (raw columns in) and check parity on test rows."""
+
+    kind = "export"
+    VERSION = "1"
+    publish = {"model.onnx": "model.onnx"}
+
+    def run(self, ctx: StepContext) -> None:
+        import shutil
+
+        from modelyard.compress import export_onnx
+        from modelyard.models import load_predictor
+
+        evaluation = ctx.read_json("evaluation")
+        chosen = evaluation["chosen"]["model"]
+        schema = _read_schema(ctx)
+        test = _read_split(ctx, "test", schema)
+        src = ctx.input(f"model:{chosen}")
+        bar = ctx.progress(f"exporting {chosen} to ONNX", 1)
+        sample = test.X.head(self.config["parity_rows"])
+        if src.suffix == ".onnx":
+            # Already ONNX (exported, with its parity check, when it was trained): check it
+            # serves the test rows, then copy it.
+            predictor = load_predictor(src)
+            predictor.predict(sample)
+            with ctx.output("model.onnx") as tmp:
+                shutil.copyfile(src, tmp)
+            fit = ctx.read_json(f"fit:{chosen}")
+            max_abs_diff = float(fit.get("onnx_max_abs_diff", 0.0))
+            n_rows = len(sample)
+        else:
+            predictor = load_predictor(src)
+            with ctx.output("model.onnx") as tmp:
+                result = export_onnx(predictor, tmp, sample=sample, atol=self.config["atol"])
+            max_abs_diff, n_rows = float(result.max_abs_diff), int(result.n_rows)
+        bar(completed=1)
+        size = ctx.outputs["model.onnx"].stat().st_size
+        ctx.write_json("export.json", {"model": chosen, "family": evaluation["chosen"]["family"],
+                                       "path": "model.onnx", "bytes": size,
+                                       "max_abs_diff": max_abs_diff, "parity_rows": n_rows,
+                                       "atol": self.config["atol"]})
+        ctx.record(model=chosen, bytes=size, max_abs_diff=max_abs_diff)
+
+
+class ReportStep(Step):
+    """Write metrics.json, the self-contained report.html and model_card.md."""
+
+    kind = "report"
+    VERSION = "1"
+    publish = {"metrics.json": "metrics.json", "report.html": "report.html", "model_card.md": "model_card.md"}
+
+    def run(self, ctx: StepContext) -> None:
+        import datetime as dt
+
+        from modelyard.report import render_html, render_model_card
+
+        evaluation = ctx.read_json("evaluation")
+        export = ctx.read_json("export")
+        data = ctx.read_json("schema")
+        schema = data["schema"]
+        rows = ctx.read_json("rows")
+        summary = {
+            "run_id": ctx.run_id,
+            "pipeline": self.config["pipeline"],
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "spec": self.config["spec"],
+            "data": {"name": data["name"], "target": schema["target"], "task": schema["task"],
+                     "classes": schema.get("classes", []), "sensitive": schema.get("sensitive", []),
+                     "rows": rows, "features": [{"name": c["name"], "kind": c["kind"]} for c in schema["features"]],
+                     "sources": data["sources"]},
+            "models": evaluation["models"],
+            "chosen": {**evaluation["chosen"], "onnx": {"path": "model.onnx", "bytes": export["bytes"],
+                                                        "max_abs_diff": export["max_abs_diff"],
+                                                        "parity_rows": export["parity_rows"]}},
+        }
+        ctx.write_json("metrics.json", summary)
+        if self.config["format"] == "html":
+            ctx.write_text("report.html", render_html(summary))
+        if self.config["model_card"]:
+            ctx.write_text("model_card.md", render_model_card(summary))
+        chosen = evaluation["chosen"]["model"]
+        ctx.record(chosen=chosen)
+
+
+def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
+    """The steps of ``spec`` in execution order, with their configs and input references."""
+    data_cfg = dict(resolved["data"])
+    steps: list[Step] = [DataStep("data", data_cfg)]
+    data_in = {"train": "data:train.parquet", "valid": "data:valid.parquet", "schema": "data:schema.json"}
+    model_inputs: dict[str, str] = {}
+    for name, model in resolved["train"]["models"].items():
+        steps.append(TrainStep(f"train.{name}", dict(model), dict(data_in)))
+        model_file = "model.safetensors" if model["family"] == "mlp" else "model.onnx"
+        model_inputs[f"model:{name}"] = f"train.{name}:{model_file}"
+        model_inputs[f"fit:{name}"] = f"train.{name}:fit.json"
+    eval_cfg = {**resolved["evaluate"], "select": resolved["train"]["select"]}
+    steps.append(EvaluateStep("evaluate", eval_cfg, {"valid": "data:valid.parquet", "test": "data:test.parquet",
+                                                     "schema": "data:schema.json", **model_inputs}))
+    steps.append(ExportStep("export", dict(resolved["export"]),
+                            {"evaluation": "evaluate:evaluation.json", "test": "data:test.parquet",
+                             "schema": "data:schema.json", **model_inputs}))
+    steps.append(ReportStep("report", {**resolved["report"], "pipeline": spec.name, "spec": resolved},
+                            {"evaluation": "evaluate:evaluation.json", "export": "export:export.json",
+                             "schema": "data:schema.json", "rows": "data:rows.json"}))
+    return steps

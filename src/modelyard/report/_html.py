@@ -1,0 +1,585 @@
+"""The run's self-contained HTML report.
+
+:func:`render_html` turns the run's ``metrics.json`` content (the *summary*) into one
+HTML page: inline CSS, plots as base64 PNG ``data:`` URIs, no JavaScript, no external
+URL, and a Content-Security-Policy that forbids scripts and network requests. Every
+string from data or spec goes through Jinja2 autoescaping (the template never marks data
+``|safe``), so a column named ``<script>`` renders as text.
+
+Summary shape
+-------------
+Every key is optional except that ``summary`` must be a dict; a missing part leaves its
+section out or shows "—"::
+
+    {
+      "run_id": str, "pipeline": str, "created_at": ISO 8601 str,
+      "spec": {...the resolved spec...},
+      "data": {
+        "name": str, "target": str, "task": "binary" | "multiclass" | "regression",
+        "classes": [label, ...], "sensitive": [column, ...],
+        "rows": {"train": int, "valid": int, "test": int},
+        "features": [{"name": str, "kind": "numeric" | "categorical"}, ...],
+        "sources": {file name: sha256 hex},
+      },
+      "models": {
+        "<model name>": {
+          "family": str, "fit_seconds": float,
+          "valid": SliceReport.to_dict(), "test": SliceReport.to_dict(),
+          "roc": {"fpr": [...], "tpr": [...], "split": "test"},   # optional; binary only
+        },
+      },
+      "chosen": {"model": str, "metric": str, "split": "valid",
+                 "onnx": {"path": str, "bytes": int, "max_abs_diff": float,
+                          "parity_rows": int}},                        # parity_rows optional
+      "steps": [{"name": str, "status": "ran" | "cached", "seconds": float}, ...],
+      "card": {"intended_use": str, "out_of_scope": str,              # model card only:
+               "ethical_considerations": str, "caveats": str},        # owner-written text
+    }
+
+``SliceReport.to_dict()`` is ``{"task", "n_rows", "metrics", "slices", "overall",
+"by_slice"}`` (see :meth:`modelyard.evaluate.SliceReport.to_dict`); the report reads
+``overall`` and ``by_slice`` and takes the metric order from ``metrics``. A value that
+is present but of the wrong type raises ``TypeError`` naming its path, e.g.
+``summary['models']['mlp']['test']['by_slice']``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["render_html", "write_html"]
+
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+#: How metric names are shown; unknown names are shown as given.
+METRIC_LABELS = {
+    "count": "n",
+    "accuracy": "Accuracy",
+    "auc": "AUC",
+    "log_loss": "Log-loss",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R²",
+}
+#: Owner-written model-card text that ``summary["card"]`` may hold.
+CARD_FIELDS = ("intended_use", "out_of_scope", "ethical_considerations", "caveats")
+#: Groups with fewer rows than this are flagged: their metrics are noisy.
+SMALL_GROUP = 30
+
+
+# -- reading the summary defensively -------------------------------------------------------
+_TYPE_NAMES = {dict: "a dict", list: "a list", str: "a string"}
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type, path: str, default: Any = None) -> Any:
+    """``d[key]`` if present and not None, checked against ``kind``; else ``default``."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, Mapping if kind is dict else kind):
+        want = _TYPE_NAMES.get(kind, kind.__name__)
+        raise TypeError(f"{path}[{key!r}] must be {want}; got {type(v).__name__} {_short(v)}.")
+    return v
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, else None (missing, NaN, or not a number)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _text(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def _greater_is_better(metric: str) -> bool | None:
+    from modelyard.evaluate import METRICS
+
+    if metric in METRICS:
+        return getattr(METRICS.get(metric), "greater_is_better", None)
+    return None
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _split_report(d: Any, path: str) -> dict[str, Any] | None:
+    """Normalise one ``SliceReport.to_dict()``: metrics, overall and slices with their groups."""
+    if d is None:
+        return None
+    if not isinstance(d, Mapping):
+        raise TypeError(f"{path} must be a dict (SliceReport.to_dict()); got {type(d).__name__} {_short(d)}.")
+    overall = dict(_get(d, "overall", dict, path, {}))
+    by_slice = _get(d, "by_slice", dict, path, {})
+    metrics = [str(m) for m in _get(d, "metrics", list, path, [])]
+    seen = set(metrics)
+    for values in [overall, *(g for t in by_slice.values() if isinstance(t, Mapping) for g in t.values())]:
+        if isinstance(values, Mapping):
+            for m in values:
+                if m not in seen:
+                    seen.add(m)
+                    metrics.append(str(m))
+    if "count" in metrics:  # count first, as SliceReport orders it
+        metrics.remove("count")
+        metrics.insert(0, "count")
+    slices = []
+    for name, table in by_slice.items():
+        if not isinstance(table, Mapping):
+            raise TypeError(f"{path}['by_slice'][{name!r}] must be a dict of groups; got {type(table).__name__}.")
+        groups = []
+        for value, values in table.items():
+            if not isinstance(values, Mapping):
+                raise TypeError(f"{path}['by_slice'][{name!r}][{value!r}] must be a dict of metric values.")
+            groups.append({"value": str(value), "values": {m: _num(values.get(m)) for m in metrics}})
+        slices.append({"name": str(name), "groups": groups})
+    return {
+        "metrics": metrics,
+        "overall": {m: _num(overall.get(m)) for m in metrics},
+        "n_rows": _num(d.get("n_rows")) or _num(overall.get("count")),
+        "slices": slices,
+    }
+
+
+def _created(value: Any) -> str:
+    if not value:
+        return ""
+    text = str(value)
+    try:
+        t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    out = t.strftime("%Y-%m-%d %H:%M")
+    if t.tzinfo is not None:
+        offset = t.utcoffset()
+        out += " UTC" if offset == _dt.timedelta(0) else t.strftime(" %z")
+    return out
+
+
+def normalize_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Read a summary into plain, complete structures the templates can rely on.
+
+    Shared by the HTML report and the model card. Missing parts get empty defaults;
+    present parts of the wrong type raise ``TypeError`` naming their path.
+    """
+    if not isinstance(summary, Mapping):
+        raise TypeError(f"summary must be a dict (the run's metrics.json); got {type(summary).__name__}.")
+    s = "summary"
+    data = _get(summary, "data", dict, s, {})
+    ds = f"{s}['data']"
+    rows = {str(k): _num(v) for k, v in _get(data, "rows", dict, ds, {}).items()}
+    features = []
+    for i, f in enumerate(_get(data, "features", list, ds, [])):
+        if isinstance(f, Mapping):
+            features.append({"name": _text(f.get("name")), "kind": _text(f.get("kind"))})
+        elif isinstance(f, str):
+            features.append({"name": f, "kind": ""})
+        else:
+            raise TypeError(f"{ds}['features'][{i}] must be a dict with 'name' and 'kind'; got {_short(f)}.")
+    sources = [
+        {"file": str(k), "sha256": _text(v)} for k, v in _get(data, "sources", dict, ds, {}).items()
+    ]
+    spec = _get(summary, "spec", dict, s, None)
+    sensitive = [str(c) for c in _get(data, "sensitive", list, ds, [])]
+    if not sensitive and spec is not None and isinstance(spec.get("data"), Mapping):
+        spec_sensitive = spec["data"].get("sensitive")
+        if isinstance(spec_sensitive, list):
+            sensitive = [str(c) for c in spec_sensitive]
+
+    chosen_d = _get(summary, "chosen", dict, s, {})
+    cs = f"{s}['chosen']"
+    chosen_name = _get(chosen_d, "model", str, cs, None)
+    onnx_d = _get(chosen_d, "onnx", dict, cs, None)
+    onnx = None
+    if onnx_d is not None:
+        onnx = {
+            "path": _text(onnx_d.get("path")),
+            "bytes": _num(onnx_d.get("bytes")),
+            "max_abs_diff": _num(onnx_d.get("max_abs_diff")),
+            "parity_rows": _num(onnx_d.get("parity_rows")),
+        }
+
+    models = []
+    task = _text(data.get("task"))
+    for name, m in _get(summary, "models", dict, s, {}).items():
+        ms = f"{s}['models'][{name!r}]"
+        if not isinstance(m, Mapping):
+            raise TypeError(f"{ms} must be a dict; got {type(m).__name__} {_short(m)}.")
+        test = _split_report(m.get("test"), f"{ms}['test']")
+        valid = _split_report(m.get("valid"), f"{ms}['valid']")
+        roc = None
+        roc_d = _get(m, "roc", dict, ms, None)
+        if roc_d is not None:
+            fpr, tpr = roc_d.get("fpr"), roc_d.get("tpr")
+            if isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr) and len(fpr) >= 2:
+                pts = [(_num(a), _num(b)) for a, b in zip(fpr, tpr)]
+                if all(a is not None and b is not None for a, b in pts):
+                    roc = {"fpr": [a for a, _ in pts], "tpr": [b for _, b in pts], "split": _text(roc_d.get("split"))}
+            if roc is None:
+                raise TypeError(f"{ms}['roc'] must hold equal-length lists 'fpr' and 'tpr' of numbers (2 or more).")
+        if not task:
+            for part in (m.get("test"), m.get("valid")):
+                if isinstance(part, Mapping) and part.get("task"):
+                    task = str(part["task"])
+                    break
+        models.append(
+            {
+                "name": str(name),
+                "family": _text(m.get("family")),
+                "fit_seconds": _num(m.get("fit_seconds")),
+                "test": test,
+                "valid": valid,
+                "roc": roc,
+                "chosen": str(name) == chosen_name,
+            }
+        )
+    models.sort(key=lambda m: not m["chosen"])  # chosen first, others in summary order
+
+    steps = []
+    for i, st in enumerate(_get(summary, "steps", list, s, [])):
+        if not isinstance(st, Mapping):
+            raise TypeError(f"{s}['steps'][{i}] must be a dict with 'name', 'status' and 'seconds'; got {_short(st)}.")
+        steps.append(
+            {"name": _text(st.get("name")), "status": _text(st.get("status")), "seconds": _num(st.get("seconds"))}
+        )
+
+    card = _get(summary, "card", dict, s, {})
+    return {
+        "run_id": _text(summary.get("run_id")),
+        "pipeline": _text(summary.get("pipeline")),
+        "created_at": _created(summary.get("created_at")),
+        "created_at_raw": _text(summary.get("created_at")),
+        "spec": spec,
+        "data": {
+            "name": _text(data.get("name")),
+            "target": _text(data.get("target")),
+            "task": task,
+            "classes": [str(c) for c in _get(data, "classes", list, ds, [])],
+            "rows": rows,
+            "features": features,
+            "sources": sources,
+            "sensitive": sensitive,
+        },
+        "models": models,
+        "chosen": {
+            "model": chosen_name,
+            "metric": _get(chosen_d, "metric", str, cs, None),
+            "split": _get(chosen_d, "split", str, cs, None),
+            "onnx": onnx,
+        } if chosen_d else None,
+        "steps": steps,
+        "card": {k: _text(card.get(k)) for k in CARD_FIELDS},
+    }
+
+
+# -- formatting ------------------------------------------------------------------------------
+def fmt_metric(value: float | None, metric: str = "") -> str:
+    """``0.8512``; counts as ``12,345``; missing or undefined as ``—``."""
+    if value is None:
+        return "—"
+    if metric == "count":
+        return f"{int(round(value)):,}"
+    if abs(value) >= 1000:
+        return f"{value:,.1f}"
+    return f"{value:.4f}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value < 0.1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    minutes, sec = divmod(int(round(value)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size):,} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+def fmt_share(value: float | None) -> str:
+    """A fraction as a percentage: ``12.5%``; a tiny but nonzero share as ``<0.1%``."""
+    if value is None:
+        return "—"
+    if 0 < value < 0.001:
+        return "<0.1%"
+    return f"{value * 100:.1f}%"
+
+
+def fmt_sci(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return "0" if value == 0 else f"{value:.2e}"
+
+
+def fmt_int(value: float | None) -> str:
+    return "—" if value is None else f"{int(round(value)):,}"
+
+
+# -- building the page -------------------------------------------------------------------------
+def _metric_columns(models: list[dict[str, Any]], split: str) -> list[str]:
+    cols: list[str] = []
+    for m in models:
+        rep = m[split]
+        for metric in rep["metrics"] if rep else []:
+            if metric not in cols:
+                cols.append(metric)
+    return cols
+
+
+def _best(models: list[dict[str, Any]], metric: str) -> set[str]:
+    """Names of the models with the best test value of ``metric`` (none if direction unknown)."""
+    direction = _greater_is_better(metric)
+    scored = [(m["name"], m["test"]["overall"].get(metric)) for m in models if m["test"]]
+    scored = [(n, v) for n, v in scored if v is not None]
+    if direction is None or len(scored) < 2:
+        return set()
+    target = max(v for _, v in scored) if direction else min(v for _, v in scored)
+    return {n for n, v in scored if v == target}
+
+
+def _plot_metric(task: str, metrics: list[str]) -> str | None:
+    for candidate in ("accuracy", "auc") if task != "regression" else ("rmse", "mae", "r2"):
+        if candidate in metrics:
+            return candidate
+    return next((m for m in metrics if m != "count"), None)
+
+
+def _slice_sections(view: dict[str, Any], *, plots: bool) -> list[dict[str, Any]]:
+    """One section per slice: the chart of all models and a table per model."""
+    from modelyard.report import _plots
+
+    models = [m for m in view["models"] if m["test"] or m["valid"]]
+    names: list[str] = []
+    for m in models:
+        for sl in (m["test"] or m["valid"])["slices"]:
+            if sl["name"] not in names:
+                names.append(sl["name"])
+    all_metrics = _metric_columns([m for m in models if m["test"]], "test") or _metric_columns(models, "valid")
+    plot_metric = _plot_metric(view["data"]["task"], all_metrics)
+    sections = []
+    for index, name in enumerate(names):
+        tables = []
+        for m in models:
+            split = "test" if m["test"] else "valid"
+            rep = m[split]
+            sl = next((x for x in rep["slices"] if x["name"] == name), None)
+            if sl is None:
+                continue
+            metrics = rep["metrics"]
+            counts = {g["value"]: g["values"].get("count") for g in sl["groups"]}
+            total = sum(c or 0 for c in counts.values()) or None
+            gaps, worst = {}, {}
+            for metric in metrics:
+                if metric == "count":
+                    continue
+                vals = [(g["value"], g["values"].get(metric)) for g in sl["groups"]]
+                vals = [(g, v) for g, v in vals if v is not None]
+                if len(vals) >= 2:
+                    gaps[metric] = max(v for _, v in vals) - min(v for _, v in vals)
+                # The worst group is marked among groups large enough to trust (small ones are flagged apart).
+                large = [(g, v) for g, v in vals if (counts.get(g) or 0) >= SMALL_GROUP]
+                direction = _greater_is_better(metric)
+                if len(large) >= 2 and direction is not None:
+                    lo, hi = min(v for _, v in large), max(v for _, v in large)
+                    if lo != hi:
+                        target = lo if direction else hi
+                        worst[metric] = {g for g, v in large if v == target}
+            rows = []
+            for g in sl["groups"]:
+                n = g["values"].get("count")
+                rows.append(
+                    {
+                        "value": g["value"],
+                        "values": g["values"],
+                        "share": (n / total) if (n is not None and total) else None,
+                        "small": n is not None and n < SMALL_GROUP,
+                        "worst": {metric for metric, groups in worst.items() if g["value"] in groups},
+                    }
+                )
+            tables.append(
+                {"model": m["name"], "chosen": m["chosen"], "split": split, "metrics": metrics, "rows": rows,
+                 "gaps": gaps, "overall": rep["overall"], "has_small": any(r["small"] for r in rows)}
+            )
+        chart = None
+        if plots and plot_metric is not None and tables:
+            groups: list[str] = []
+            for t in tables:
+                for r in t["rows"]:
+                    if r["value"] not in groups:
+                        groups.append(r["value"])
+            ref = tables[0]["rows"]
+            counts = {r["value"]: r["values"].get("count") for r in ref}
+            by_model = {t["model"]: {r["value"]: r["values"].get(plot_metric) for r in t["rows"]} for t in tables}
+            values = {model: [row.get(g) for g in groups] for model, row in by_model.items()}
+            chart = _plots.slice_metric_chart(
+                groups=groups,
+                counts=[int(counts[g]) if counts.get(g) is not None else None for g in groups],
+                values=values,
+                overall={t["model"]: t["overall"].get(plot_metric) for t in tables},
+                metric_label=metric_label(plot_metric),
+                bounded=plot_metric in ("accuracy", "auc"),
+                chosen=view["chosen"]["model"] if view["chosen"] else None,
+                small_group=SMALL_GROUP,
+            )
+        sections.append(
+            {"id": f"slice-{index}", "name": name, "tables": tables, "chart": chart,
+             "plot_metric": metric_label(plot_metric) if plot_metric else None}
+        )
+    return sections
+
+
+def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
+    from modelyard import __version__
+    from modelyard.report import _plots
+
+    view = normalize_summary(summary)
+    models = view["models"]
+    chosen = view["chosen"]
+    headline_metrics = _metric_columns(models, "test")
+    selection_metric = chosen["metric"] if chosen and chosen["metric"] else None
+    roc = None
+    curves = {m["name"]: (m["roc"]["fpr"], m["roc"]["tpr"], m["test"]["overall"].get("auc") if m["test"] else None)
+              for m in models if m["roc"]}
+    if plots and curves:
+        roc = _plots.roc_chart(curves, chosen["model"] if chosen else None)
+    roc_splits = sorted({m["roc"]["split"] for m in models if m["roc"] and m["roc"]["split"]})
+    chosen_model = next((m for m in models if m["chosen"]), None)
+    headline = None
+    if chosen_model and chosen_model["test"]:
+        metric = _plot_metric(view["data"]["task"], chosen_model["test"]["metrics"])
+        if metric:
+            headline = {"label": metric_label(metric), "value": chosen_model["test"]["overall"].get(metric)}
+    step_seconds = [st["seconds"] for st in view["steps"] if st["seconds"] is not None]
+    spec_json = None
+    if view["spec"] is not None:
+        spec_json = json.dumps(view["spec"], indent=2, ensure_ascii=False, default=str)
+    return {
+        **view,
+        "title": view["pipeline"] or "modelyard run",
+        "headline_metrics": headline_metrics,
+        "best": {metric: _best(models, metric) for metric in headline_metrics},
+        "selection_metric": selection_metric,
+        "roc_chart": roc,
+        "roc_split": roc_splits[0] if len(roc_splits) == 1 else None,
+        "slices": _slice_sections(view, plots=plots),
+        "headline": headline,
+        "chosen_model": chosen_model,
+        "total_rows": sum(v for v in view["data"]["rows"].values() if v is not None) or None,
+        "total_seconds": sum(step_seconds) if step_seconds else None,
+        "n_cached": sum(1 for st in view["steps"] if st["status"] == "cached"),
+        "spec_json": spec_json,
+        "version": __version__,
+        "small_group": SMALL_GROUP,
+    }
+
+
+_ENV: Any = None
+
+
+def _environment() -> Any:
+    global _ENV
+    if _ENV is None:
+        import jinja2
+
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+            autoescape=True,  # every {{ }} is HTML-escaped; the templates never use |safe on data
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        env.filters.update(
+            metric=fmt_metric, seconds=fmt_seconds, bytes=fmt_bytes, sci=fmt_sci, thousands=fmt_int, label=metric_label,
+            share=fmt_share,
+        )
+        _ENV = env
+    return _ENV
+
+
+def render_html(summary: Mapping[str, Any]) -> str:
+    """Render the run's report as one self-contained HTML page.
+
+    Parameters
+    ----------
+    summary : dict
+        The run's ``metrics.json`` content; see the module docstring for its shape.
+        Every part is optional.
+
+    Returns
+    -------
+    str
+        The page: inline CSS, plots as base64 PNG ``data:`` URIs, no script and no
+        external reference. Strings from the summary are HTML-escaped.
+
+    Raises
+    ------
+    TypeError
+        If ``summary`` is not a dict, or a part of it has the wrong type (the message
+        names its path).
+    """
+    return _environment().get_template("report.html.j2").render(**_context(summary))
+
+
+def write_html(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Render the report and write it atomically to ``path``.
+
+    The page is written to a temporary file beside ``path`` and renamed over it, so a
+    reader never sees half a report and a failure leaves no temporary file behind.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    return atomic_write_text(path, render_html(summary))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"Cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target

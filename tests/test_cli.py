@@ -1,0 +1,129 @@
+"""The command line, run as a real process: help, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_tests._synthetic import make_csv, write_spec
+
+
+def modelyard(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "modelyard"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "modelyard"]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["runs", "list", "--help"],
+                                  ["runs", "show", "--help"], ["lineage", "--help"]])
+def test_every_command_explains_itself(tmp_path: Path, args: list[str]) -> None:
+    proc = modelyard(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and len(proc.stdout) > 200
+
+
+def test_version(tmp_path: Path) -> None:
+    proc = modelyard("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("modelyard ")
+
+
+def test_run_list_show_lineage(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", make_csv(tmp_path / "people.csv", n=500))
+    proc = modelyard("run", "spec.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root = Path(proc.stdout.strip().splitlines()[-1])
+    assert (root / "report.html").is_file()
+    assert "✓ data" in proc.stderr and "finished in" in proc.stderr
+    again = modelyard("run", str(spec), cwd=tmp_path)
+    assert again.returncode == 0
+    assert again.stderr.count("cached (from run") == 6 and "6 of 6 steps reused from cache" in again.stderr
+
+    listing = modelyard("runs", "list", cwd=tmp_path)
+    assert listing.returncode == 0 and root.name in listing.stdout and "6 ran, 0 cached" in listing.stdout
+
+    shown = modelyard("runs", "show", root.name[:17], "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert [s["step"] for s in detail["steps"]] == ["data", "train.mlp", "train.gbm", "evaluate", "export", "report"]
+    assert modelyard("runs", "show", root.name, cwd=tmp_path).returncode == 0
+
+    lineage = modelyard("lineage", str(root / "model.onnx"), cwd=tmp_path)
+    assert lineage.returncode == 0, lineage.stderr
+    from modelyard.data import sha256_file
+
+    out = " ".join(lineage.stdout.split())
+    assert f"people.csv sha256:{sha256_file(tmp_path / 'people.csv')}" in out
+    assert "spec pipeline synthetic · sha256:" in out
+    assert "steps data → train.mlp → train.gbm → evaluate → export" in out
+
+
+def test_unknown_run_is_one_line(tmp_path: Path) -> None:
+    proc = modelyard("runs", "show", "nope", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert one_line_error(proc).startswith("error: No run 'nope' in sqlite:///.modelyard/metadata.db")
+
+
+def _bad_run(tmp_path: Path, spec: Path) -> tuple[subprocess.CompletedProcess, str]:
+    proc = modelyard("run", spec.name, cwd=tmp_path)
+    assert proc.returncode != 0
+    return proc, one_line_error(proc)
+
+
+def test_missing_target_lists_columns(tmp_path: Path) -> None:
+    csv = make_csv(tmp_path / "p.csv", n=100)
+    spec = write_spec(tmp_path / "s.yaml", csv, data={"source": str(csv), "target": "income_class"})
+    proc, err = _bad_run(tmp_path, spec)
+    assert proc.returncode == 1
+    assert err == ("error: Target column 'income_class' does not exist. Columns are: "
+                   "['age', 'income', 'group', 'sex', 'label']. Set `target` to one of them.")
+
+
+def test_single_class_target(tmp_path: Path) -> None:
+    csv = tmp_path / "one.csv"
+    csv.write_text("x,y\n" + "".join(f"{i},same\n" for i in range(50)))
+    spec = write_spec(tmp_path / "s.yaml", csv, data={"source": str(csv), "target": "y"})
+    _, err = _bad_run(tmp_path, spec)
+    assert err.startswith("error: Target column 'y' has a single class ('same')")
+
+
+def test_empty_and_unparsable_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    _, err = _bad_run(tmp_path, write_spec(tmp_path / "s.yaml", empty, data={"source": str(empty), "target": "y"}))
+    assert "empty.csv" in err and "empty" in err
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    _, err = _bad_run(tmp_path, write_spec(tmp_path / "s.yaml", garbage, data={"source": str(garbage), "target": "y"}))
+    assert "garbage.csv" in err
+
+
+def test_spec_unknown_key_and_wrong_type(tmp_path: Path) -> None:
+    csv = make_csv(tmp_path / "p.csv", n=100)
+    spec = write_spec(tmp_path / "s.yaml", csv, evaluate={"slicez": ["sex"]})
+    proc, err = _bad_run(tmp_path, spec)
+    assert proc.returncode == 2
+    assert err == ("error: Invalid spec 's.yaml': evaluate: unknown key 'slicez'; allowed keys: metrics, slices.")
+    assert not (tmp_path / "runs").exists()  # validated before anything runs: nothing written
+    spec = write_spec(tmp_path / "s.yaml", csv, export={"atol": "tiny"})
+    proc, err = _bad_run(tmp_path, spec)
+    assert err == ("error: Invalid spec 's.yaml': export.atol: Input should be a valid number, unable to parse "
+                   "string as a number (got \"tiny\").")
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    proc = modelyard("--debug", "runs", "show", "nope", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
