@@ -16,7 +16,7 @@ from pipeline_tests._synthetic import make_csv, write_spec
 def modelyard(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "modelyard"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "modelyard"]
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}  # rich tables wrap at 80 columns without a tty
     return subprocess.run(cmd + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

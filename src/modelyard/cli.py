@@ -98,7 +98,7 @@ def runs_list(
         runs = meta.list_runs(limit=limit, pipeline=pipeline_name)
         table = Table(title=f"Runs in {meta.describe()}", title_justify="left")
         for col in ("run", "pipeline", "status", "started (UTC)", "seconds", "steps"):
-            table.add_column(col, justify="right" if col == "seconds" else "left")
+            table.add_column(col, justify="right" if col == "seconds" else "left", no_wrap=col == "run")
         for r in runs:
             execs = meta.executions(r.id)
             ran = sum(e.status == "complete" for e in execs)

@@ -39,5 +39,5 @@ def write_spec(path: Path, csv: Path, *, mlp: dict | None = None, gbm: dict | No
         "evaluate": {"slices": ["sex", {"feature": "age", "buckets": [30, 60]}]},
     }
     spec.update(extra)
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -29,12 +29,11 @@ from onnx import TensorProto, helper
 
 from modelyard.data._schema import Schema
 from modelyard.errors import ModelFormatError
+from modelyard.models._base import OUTPUT_NAMES, SCHEMA_KEY
 
 __all__ = ["with_raw_inputs", "SCHEMA_KEY", "CORE_INPUTS", "OUTPUT_NAMES"]
 
-SCHEMA_KEY = "modelyard.schema"
 CORE_INPUTS = ("x_num", "x_cat", "x")
-OUTPUT_NAMES = ("probabilities", "prediction")
 _ML_DOMAIN = "ai.onnx.ml"
 _ML_OPSET = 3  # LabelEncoder with string keys and int64 values is in ai.onnx.ml >= 2
 _PREFIX = "core/"  # core tensor names are prefixed so no column name can collide with them

@@ -129,7 +129,7 @@ def _fit_mlp(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any
 
     def on_epoch(epoch: int, max_epochs: int, logs: dict[str, float]) -> None:
         info = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
-        bar(completed=epoch + 1 if epoch < max_epochs else max_epochs, info=info)
+        bar(completed=epoch, info=info)  # the trainer counts epochs from 1
 
     predictor = fit_mlp(train, valid, config, callback=on_epoch)
     with ctx.output("model.safetensors") as tmp:
@@ -194,9 +194,6 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=float))
 
 
-_LOWER_IS_BETTER = ("log_loss", "rmse", "mae", "loss", "brier")
-
-
 class EvaluateStep(Step):
     """Score every model on valid (for selection) and test (overall and per slice)."""
 
@@ -206,7 +203,7 @@ class EvaluateStep(Step):
     def run(self, ctx: StepContext) -> None:
         import math
 
-        from modelyard.evaluate import evaluate_predictor, roc_curve_points
+        from modelyard.evaluate import METRICS, evaluate_predictor, roc_curve_points
         from modelyard.models import load_predictor
 
         schema = _read_schema(ctx)
@@ -226,12 +223,14 @@ class EvaluateStep(Step):
             entry: dict[str, Any] = {"family": fit["family"], "fit_seconds": fit["fit_seconds"],
                                      "valid": v.to_dict(), "test": t.to_dict()}
             if schema.task == "binary":
-                entry["roc"] = roc_curve_points(test.y, predictor.predict_proba(test.X))
+                entry["roc"] = {**roc_curve_points(test.y, predictor.predict_proba(test.X)), "split": "test"}
             out[name] = entry
             bar(advance=1)
         select = self.config["select"]
         metric = select["metric"]
-        mode = select.get("mode") or ("min" if metric in _LOWER_IS_BETTER else "max")
+        mode = select.get("mode")
+        if mode is None:
+            mode = "max" if METRICS.get(metric).greater_is_better else "min"
         scores = {}
         for name, entry in out.items():
             value = entry["valid"]["overall"].get(metric)
