@@ -19,7 +19,8 @@ import pytest
 
 import modelyard.data as mdata
 from modelyard.data import TabularSplit, infer_schema
-from modelyard.models import MLPConfig, TorchPredictor, fit_mlp
+from modelyard.models import MLPConfig, TorchPredictor
+from modelyard.train import fit_mlp
 
 
 def _data_dir() -> Path:

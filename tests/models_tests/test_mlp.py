@@ -11,7 +11,8 @@ from sklearn.preprocessing import StandardScaler
 
 from modelyard.data import encode_frame, infer_schema
 from modelyard.errors import SchemaMismatchError
-from modelyard.models import BasePredictor, MLPConfig, Predictor, TabularMLP, TorchPredictor, fit_mlp
+from modelyard.models import BasePredictor, MLPConfig, Predictor, TabularMLP, TorchPredictor
+from modelyard.train import fit_mlp
 from modelyard.models._mlp import embedding_dim
 
 try:  # tests/models_tests may or may not be a package

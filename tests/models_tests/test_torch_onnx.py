@@ -21,13 +21,13 @@ from modelyard.compress._export import ExporterRegistry
 from modelyard.compress._onnx_frontend import SCHEMA_KEY
 from modelyard.data import TabularSplit, infer_schema
 from modelyard.errors import ModelFormatError, SchemaMismatchError
+from modelyard.train import fit_mlp
 from modelyard.models import (
     MODEL_FAMILIES,
     MLPConfig,
     OnnxPredictor,
     TabularMLP,
     TorchPredictor,
-    fit_mlp,
     load_predictor,
     save_torch,
 )

@@ -26,7 +26,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 def test_sigkill_during_training_then_resume(tmp_path: Path, store_url: str) -> None:
     csv = make_csv(tmp_path / "p.csv", n=3000)
     # Many epochs with no early stop, so the kill lands inside training.
-    spec = write_spec(tmp_path / "spec.yaml", csv, mlp={"max_epochs": 400, "patience": 400})
+    write_spec(tmp_path / "spec.yaml", csv, mlp={"max_epochs": 400, "patience": 400})
     env = {**os.environ, "MODELYARD_STORE": store_url}
     proc = subprocess.Popen([sys.executable, "-m", "modelyard", "run", "spec.yaml", "--quiet"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from modelyard.models._base import OUTPUT_NAMES, SCHEMA_KEY, BasePredictor, Predictor
-from modelyard.models._config import GBMConfig, MLPConfig
+from modelyard.models._base import OUTPUT_NAMES, SCHEMA_KEY, BasePredictor, Predictor  # noqa: F401 - re-exported
+from modelyard.models._config import GBMConfig, MLPConfig  # noqa: F401 - re-exported
 
 _LAZY = {
     "fit_gbm": "_gbm",
@@ -24,7 +24,6 @@ _LAZY = {
     "encode_matrix": "_sklearn",
     "encoded_feature_names": "_sklearn",
     "TorchPredictor": "_torch",
-    "fit_mlp": "_torch",
 }
 
 __all__ = sorted(["BasePredictor", "GBMConfig", "MLPConfig", "OUTPUT_NAMES", "Predictor", "SCHEMA_KEY", *_LAZY])
@@ -35,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from modelyard.models._mlp import TabularMLP, TabularModule  # noqa: F401
     from modelyard.models._onnx import OnnxPredictor  # noqa: F401
     from modelyard.models._sklearn import SklearnPredictor, encode_matrix, encoded_feature_names  # noqa: F401
-    from modelyard.models._torch import TorchPredictor, fit_mlp  # noqa: F401
+    from modelyard.models._torch import TorchPredictor  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -123,7 +123,8 @@ class DataStep(Step):
 
 
 def _fit_mlp(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
-    from modelyard.models import fit_mlp, save_torch
+    from modelyard.models import save_torch
+    from modelyard.train import fit_mlp
 
     bar = ctx.progress("training mlp", config.max_epochs)
 

@@ -1,5 +1,10 @@
-"""Training: a seeded trainer with early stopping (distributed and distillation come later)."""
+"""Training: a seeded trainer with early stopping, and one-call fitting of each model family.
 
+(Distributed training and distillation come later.)
+"""
+
+from modelyard.models._gbm import fit_gbm
+from modelyard.train._fit import fit_mlp
 from modelyard.train._trainer import EpochCallback, Trainer
 
-__all__ = ["EpochCallback", "Trainer"]
+__all__ = ["EpochCallback", "Trainer", "fit_gbm", "fit_mlp"]
