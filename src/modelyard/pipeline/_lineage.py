@@ -114,12 +114,11 @@ def render_lineage(console: Any, tree: LineageNode, summary: dict[str, Any]) -> 
         return text
 
     def add(parent: Any, n: LineageNode) -> None:
+        if n.execution is not None and n.execution.id in shown and n.parents:
+            parent.add(label(n) + " [dim](inputs above)[/dim]")
+            return
         branch = parent.add(label(n))
         if n.execution is None:
-            return
-        if n.execution.id in shown:
-            if n.parents:
-                branch.add("[dim]… inputs shown above[/dim]")
             return
         shown.add(n.execution.id)
         for p in n.parents:
