@@ -94,3 +94,24 @@ def test_report_escapes_strings_from_data(workdir: Path, sqlite_url: str) -> Non
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     card = (result.root / "model_card.md").read_text()
     assert evil not in card
+
+
+def test_regression_csv_selects_by_rmse(workdir: Path, sqlite_url: str) -> None:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 600
+    frame = pd.DataFrame({"x": rng.normal(size=n), "zone": rng.choice(["n", "s"], n)})
+    frame["price"] = 3 * frame["x"] + np.where(frame["zone"] == "n", 10.0, -10.0) + rng.normal(size=n) + 1000
+    frame.to_csv(workdir / "houses.csv", index=False)
+    spec = write_spec(workdir / "spec.yaml", workdir / "houses.csv",
+                      data={"source": "houses.csv", "target": "price", "split": {"test": 0.2}},
+                      evaluate={"slices": ["zone"]})
+    result = pipeline.run(spec, store=sqlite_url, quiet=True)
+    metrics = json.loads((result.root / "metrics.json").read_text())
+    assert metrics["data"]["task"] == "regression"
+    assert metrics["chosen"]["metric"] == "rmse" and metrics["chosen"]["mode"] == "min"
+    best = min(metrics["models"], key=lambda m: metrics["models"][m]["valid"]["overall"]["rmse"])
+    assert metrics["chosen"]["model"] == best
+    assert set(metrics["models"]["gbm"]["test"]["by_slice"]["zone"]) == {"n", "s"}

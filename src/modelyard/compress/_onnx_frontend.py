@@ -40,10 +40,13 @@ _PREFIX = "core/"  # core tensor names are prefixed so no column name can collid
 
 
 def _rename_core(core: onnx.ModelProto) -> onnx.GraphProto:
-    """Copy the core graph with every internal tensor name prefixed; inputs/outputs keep theirs."""
+    """Copy the core graph with every tensor name but its outputs prefixed (inputs too: ``x`` -> ``core/x``).
+
+    Column inputs may then have any name, ``x`` included, without colliding with a core tensor.
+    """
     graph = onnx.GraphProto()
     graph.CopyFrom(core.graph)
-    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    keep = {o.name for o in graph.output}
 
     def ren(name: str) -> str:
         return name if (not name or name in keep) else _PREFIX + name
@@ -56,6 +59,8 @@ def _rename_core(core: onnx.ModelProto) -> onnx.GraphProto:
     for init in graph.initializer:
         init.name = ren(init.name)
     for vi in graph.value_info:
+        vi.name = ren(vi.name)
+    for vi in graph.input:
         vi.name = ren(vi.name)
     return graph
 
@@ -116,15 +121,15 @@ def with_raw_inputs(core: onnx.ModelProto, schema: Schema, *, doc: str = "") -> 
             concat(cat_codes, "front/x_cat")
             nodes.append(helper.make_node("Cast", ["front/x_cat"], ["front/x_cat_f"], to=TensorProto.FLOAT))
             parts.append("front/x_cat_f")
-        concat(parts, "x")
+        concat(parts, _PREFIX + "x")
     if "x_num" in core_inputs:
         if not num_cols:
             raise ModelFormatError("Core graph takes 'x_num' but the schema has no numeric feature.")
-        concat(num_cols, "x_num")
+        concat(num_cols, _PREFIX + "x_num")
     if "x_cat" in core_inputs:
         if not cat_codes:
             raise ModelFormatError("Core graph takes 'x_cat' but the schema has no categorical feature.")
-        concat(cat_codes, "x_cat")
+        concat(cat_codes, _PREFIX + "x_cat")
 
     del graph.input[:]
     graph.input.extend(inputs)

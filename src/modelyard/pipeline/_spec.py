@@ -106,7 +106,8 @@ def _default_models() -> dict[str, ModelEntry]:
 class SelectSpec(_Strict):
     """Which trained model is chosen for export: the best on the validation split."""
 
-    metric: str = Field("accuracy", description="Metric to rank models by, on the validation split.")
+    metric: str | None = Field(None, description="Metric to rank models by, on the validation split. "
+                               "Default: accuracy for classifiers, rmse for regression.")
     mode: Literal["max", "min"] | None = Field(None, description="Default: min for losses/errors, else max.")
 
 

@@ -228,7 +228,7 @@ class EvaluateStep(Step):
             out[name] = entry
             bar(advance=1)
         select = self.config["select"]
-        metric = select["metric"]
+        metric = select["metric"] or ("rmse" if schema.task == "regression" else "accuracy")
         mode = select.get("mode")
         if mode is None:
             mode = "max" if METRICS.get(metric).greater_is_better else "min"
