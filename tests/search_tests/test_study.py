@@ -1,0 +1,216 @@
+"""run(): searches on data, Pareto fronts, errors before any trial, workers on journal and PostgreSQL storages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from modelyard.errors import SpecError, StoreError
+from modelyard.models import GBMConfig, MLPConfig
+from modelyard.search import run, spaces, to_config
+from modelyard.search._worker import WORKER_KEY
+
+TINY = MLPConfig(max_epochs=2, patience=2)
+
+
+def test_mlp_search_best_params_map_to_a_config(toy_data) -> None:
+    result = run(spaces.mlp(), toy_data, trials=4, base_config=TINY)
+    config = to_config(result.best_params_, "mlp", TINY)
+    assert (
+        isinstance(config, MLPConfig)
+        and len(config.hidden_sizes) == result.best_params_["n_layers"]
+    )
+    frame = result.trials_
+    assert list(frame["number"]) == [0, 1, 2, 3] and set(frame["state"]) == {"COMPLETE"}
+    assert {"accuracy", "duration_s", "params_lr"} <= set(frame.columns)
+    board = result.leaderboard()
+    assert (
+        board["accuracy"].is_monotonic_decreasing
+        and board.loc[0, "accuracy"] == result.best_value_
+    )
+    model = (
+        result.best_model()
+    )  # refit with the same seed reproduces the best trial's score
+    from modelyard.evaluate import accuracy
+
+    assert accuracy(
+        toy_data.valid.y, model.predict_proba(toy_data.valid.X)
+    ) == pytest.approx(result.best_value_)
+
+
+def test_gbm_search(toy_data) -> None:
+    result = run(
+        "gbm",
+        toy_data,
+        family="gbm",
+        trials=3,
+        strategy="evolution",
+        base_config=GBMConfig(max_iter=30),
+    )
+    assert isinstance(to_config(result.best_params_, "gbm"), GBMConfig)
+    assert 0.5 < result.best_value_ <= 1.0
+
+
+def test_two_objectives_give_a_pareto_front(toy_data) -> None:
+    result = run(
+        spaces.mlp(),
+        toy_data,
+        trials=4,
+        strategy="nsga2",
+        objectives=("accuracy", "n_params"),
+        base_config=TINY,
+    )
+    front = result.pareto_front_
+    assert front and all(set(p["values"]) == {"accuracy", "n_params"} for p in front)
+    vals = [(p["values"]["accuracy"], p["values"]["n_params"]) for p in front]
+    for a in vals:  # no front member is better in both
+        assert not any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in vals)
+    with pytest.raises(ValueError, match="Pareto front"):
+        _ = result.best_params_
+    assert result.best_model(number=front[0]["number"]) is not None
+
+
+def test_latency_objective(toy_data) -> None:
+    result = run(
+        "gbm",
+        toy_data,
+        family="gbm",
+        trials=1,
+        objectives=("accuracy", "latency_ms"),
+        strategy="random",
+        base_config=GBMConfig(max_iter=10),
+    )
+    assert 0.0 < result.trials_.loc[0, "latency_ms"] < 1000.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"space": {}}, SpecError, "Search space is empty"),
+        (
+            {"strategy": "bayes"},
+            ValueError,
+            r"Unknown search strategy 'bayes'. Known: \[",
+        ),
+        (
+            {"objectives": ("rmse",)},
+            SpecError,
+            "Objective 'rmse' cannot be computed for a binary task",
+        ),
+        ({"family": "svm"}, SpecError, "Unknown model family 'svm' for a search"),
+        (
+            {"early_stopping": "asha", "objectives": ("accuracy", "n_params")},
+            SpecError,
+            "needs a single objective",
+        ),
+        (
+            {"strategy": "cmaes", "objectives": ("accuracy", "n_params")},
+            SpecError,
+            "optimizes at most 1",
+        ),
+        (
+            {"storage": "postgresql://nobody@127.0.0.1:1/none"},
+            StoreError,
+            r"^Cannot open search storage postgresql\+psycopg://nobody@127.0.0.1:1/none: ",
+        ),
+        ({"storage": "study.db"}, SpecError, "is not a database URL"),
+        ({"trials": 0}, SpecError, "trials must be a positive integer; got 0."),
+    ],
+)
+def test_bad_input_fails_before_any_trial(toy_data, kwargs, error, match) -> None:
+    calls = []
+    kwargs = {"space": "mlp", **kwargs}
+    with pytest.raises(error, match=match):
+        run(kwargs.pop("space"), toy_data, base_config=None, **kwargs)
+    assert not calls
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def test_two_workers_on_a_local_journal(toy_data) -> None:
+    result = run(spaces.mlp(), toy_data, trials=5, workers=2, base_config=TINY)
+    states = [t.state for t in result.study.trials]
+    assert len(states) == 5 and _finished(result.study) == 5
+    pids = {t.system_attrs[WORKER_KEY]["pid"] for t in result.study.trials}
+    assert os.getpid() not in pids and len(pids) >= 1
+
+
+def test_two_workers_on_postgresql_end_with_exactly_the_trials_asked(
+    toy_data, postgres_url
+) -> None:
+    run(
+        spaces.mlp(),
+        toy_data,
+        trials=6,
+        workers=2,
+        storage=postgres_url,
+        study_name="pg",
+        base_config=TINY,
+    )
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert _finished(study) == 6 and len(study.trials) == 6
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    # resuming with the same count runs nothing more
+    again = run(
+        spaces.mlp(),
+        toy_data,
+        trials=6,
+        storage=postgres_url,
+        study_name="pg",
+        base_config=TINY,
+    )
+    assert len(again.study.trials) == 6
+
+
+def test_killed_worker_loses_nothing_and_its_trial_fails(
+    toy_data, postgres_url
+) -> None:
+    """SIGKILL a worker mid-trial: its trial ends FAIL via the heartbeat, is retried, and the count stays exact."""
+    slow = MLPConfig(max_epochs=30, patience=30, hidden_sizes=(256, 256), batch_size=16)
+    out: dict = {}
+
+    def search() -> None:
+        out["result"] = run(
+            {"lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+            toy_data,
+            trials=4,
+            workers=2,
+            storage=postgres_url,
+            study_name="kill",
+            base_config=slow,
+            heartbeat_interval=1,
+            strategy="random",
+        )
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            study = optuna.load_study(study_name="kill", storage=postgres_url)
+        except KeyError:
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            worker = t.system_attrs.get(WORKER_KEY)
+            if worker:
+                os.kill(worker["pid"], signal.SIGKILL)
+                killed = t.number
+                break
+    thread.join(timeout=120)
+    assert killed is not None and not thread.is_alive()
+    study = optuna.load_study(study_name="kill", storage=postgres_url)
+    assert study.trials[killed].state == TrialState.FAIL
+    assert _finished(study) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].params == study.trials[killed].params
