@@ -127,3 +127,24 @@ def test_spec_unknown_key_and_wrong_type(tmp_path: Path) -> None:
 def test_debug_shows_traceback(tmp_path: Path) -> None:
     proc = modelyard("--debug", "runs", "show", "nope", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_search_command_with_two_workers(tmp_path: Path) -> None:
+    import pandas as pd
+
+    search = {"family": "gbm", "trials": 2, "strategy": "tpe", "base": {"max_iter": 20}}
+    write_spec(tmp_path / "spec.yaml", make_csv(tmp_path / "p.csv", n=500), search=search)
+    proc = modelyard("search", "spec.yaml", "--workers", "2", "--trials", "4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root = Path(proc.stdout.strip().splitlines()[-1])
+    trials = pd.read_csv(root / "search" / "trials.csv")
+    assert len(trials) == 4 and set(trials["state"]) == {"COMPLETE"}  # exactly the trials asked for
+    assert "Leaderboard" in proc.stdout
+    assert not (root / "report.html").exists()  # only the data and search steps ran
+
+
+def test_search_command_needs_a_search_section(tmp_path: Path) -> None:
+    write_spec(tmp_path / "spec.yaml", make_csv(tmp_path / "p.csv", n=100))
+    proc = modelyard("search", "spec.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert one_line_error(proc).startswith("error: The spec has no 'search' step")

@@ -83,6 +83,50 @@ def run_cmd(
     typer.echo(str(result.root))
 
 
+@app.command("search")
+def search_cmd(
+    spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML) with a `search:` section.")],
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1,
+                                                   help="Local worker processes sharing the study.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL shared by workers on "
+                                                   "many machines, e.g. postgresql://user@host/db.")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1,
+                                                  help="Finished trials the study should hold.")] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are written.")] = Path("runs"),
+    store: StoreOption = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Search again even if a cached result exists.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
+) -> None:
+    """Run a spec's hyperparameter search (the data and search steps only).
+
+    Writes RUNS_DIR/<run-id>/search/: trials.csv (every trial: parameters, values,
+    duration, state), leaderboard.csv, search.json (best parameters and value, or the
+    Pareto front for several objectives) and, for one objective, the best model refitted.
+    With --storage, workers on other machines can join the same study by running the same
+    command; a re-run resumes the study and runs only the missing trials.
+    """
+    from modelyard import pipeline
+
+    overrides = {f"search.{k}": v for k, v in {"workers": workers, "storage": storage, "trials": trials}.items()
+                 if v is not None}
+    result = pipeline.run(spec, runs_dir=runs_dir, store=store, use_cache=not no_cache, quiet=quiet,
+                          until="search", overrides=overrides)
+    board = result.root / "search" / "leaderboard.csv"
+    if not quiet and board.is_file():
+        import pandas as pd
+        from rich.table import Table
+
+        frame = pd.read_csv(board).head(10)
+        frame.columns = [str(c).removeprefix("params_") for c in frame.columns]
+        table = Table(title="Leaderboard (top 10)", title_justify="left")
+        for col in frame.columns:
+            table.add_column(str(col), overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+        _console().print(table)
+    typer.echo(str(result.root))
+
+
 @runs_app.command("list")
 def runs_list(
     store: StoreOption = None,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from modelyard.errors import SpecError
 
 from modelyard.pipeline._artifacts import ArtifactStore, atomic_path, safe_relpath, sha256_file
 from modelyard.pipeline._runner import Runner, RunResult, StepResult
@@ -26,6 +29,8 @@ def run(
     store: MetadataStore | str | None = None,
     use_cache: bool = True,
     quiet: bool = False,
+    until: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> RunResult:
     """Validate a spec, then run its pipeline.
 
@@ -40,6 +45,10 @@ def run(
         Reuse finished steps whose key (name, code, config, input digests) is unchanged.
     quiet : bool, default=False
         No progress bars or step lines.
+    until : str or None, default=None
+        Run the steps up to and including this one (``modelyard search`` runs until ``"search"``).
+    overrides : dict or None
+        Spec values to replace before validation, by dotted path (``{"search.workers": 4}``).
 
     Examples
     --------
@@ -51,9 +60,23 @@ def run(
     if not isinstance(spec, PipelineSpec):
         spec_dir = Path(spec).resolve().parent
         spec = load_spec(spec)
+    if overrides:
+        data = spec.model_dump(mode="json", exclude_unset=True)
+        for path, value in overrides.items():
+            node = data
+            *parents, leaf = path.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        spec = parse_spec(data)
     resolved = spec.resolved()
     resolved["data"]["source"] = resolve_source(spec.data.source, spec_dir)
     steps = build_steps(spec, resolved)
+    if until is not None:
+        names = [s.name for s in steps]
+        if until not in names:
+            raise SpecError(f"The spec has no {until!r} step (steps: {names}); add a `{until}:` section.")
+        steps = steps[: names.index(until) + 1]
     own_store = not isinstance(store, MetadataStore)
     meta = store if isinstance(store, MetadataStore) else MetadataStore(store)
     try:

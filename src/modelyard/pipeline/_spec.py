@@ -30,7 +30,7 @@ from modelyard.errors import SpecError
 
 __all__ = [
     "PipelineSpec", "DataSpec", "SplitSpec", "TrainSpec", "SelectSpec", "BucketSlice", "EvaluateSpec",
-    "ExportSpec", "ReportSpec", "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
+    "ExportSpec", "ReportSpec", "SearchSpec", "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
 ]
 
 #: Model families a spec can name, and where their typed config lives. The config
@@ -164,11 +164,32 @@ class ReportSpec(_Strict):
     model_card: bool = True
 
 
+class SearchSpec(_Strict):
+    """Hyperparameter search for one model family; the best model joins the candidates as ``search``."""
+
+    family: Literal["mlp", "gbm"] = Field("mlp", description="Model family whose hyperparameters are searched.")
+    space: str | dict[str, Any] | None = Field(None, description="A built-in space name (mlp, gbm) or params "
+                                               "{name: {type: float|int|categorical, ...}}; default: the family's.")
+    strategy: str = Field("tpe", description="random, tpe, gp, cmaes, nsga2, evolution or rl.")
+    trials: int = Field(20, ge=1, description="Finished trials the study holds at the end.")
+    objectives: list[str] | None = Field(None, min_length=1, description="Validation metrics and costs "
+                                         "(n_params, latency_ms); default: accuracy (classifiers) or rmse.")
+    early_stopping: str = Field("none", description="none, median, asha or hyperband (MLP, one objective).")
+    workers: int = Field(1, ge=1, description="Local worker processes sharing the study.")
+    storage: str | None = Field(None, description="Optuna storage URL shared by workers on many machines "
+                                "(postgresql://...); default: in memory or a private journal file.")
+    seed: int = 0
+    timeout: float | None = Field(None, gt=0, description="Stop starting trials after this many seconds.")
+    base: dict[str, Any] = Field(default_factory=dict, description="Fixed config keys of the family "
+                                 "(e.g. max_epochs) that the space does not set.")
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline: data, train, evaluate, export, report."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     data: DataSpec
+    search: SearchSpec | None = Field(None, description="Optional hyperparameter search before training.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
@@ -282,6 +303,11 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         raise _format_errors(exc, model=PipelineSpec, where=where) from None
+    if spec.search is not None:
+        _check_search(spec.search, where)
+    if spec.search is not None and "search" in spec.train.models:
+        raise SpecError(f"Invalid {where}: train.models: the name 'search' is taken by the searched model; "
+                        "rename that model.")
     for name, entry in spec.train.models.items():
         cls = model_config_class(entry.family)
         try:
@@ -289,6 +315,32 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         except ValidationError as exc:
             raise _format_errors(exc, model=cls, prefix=("train", "models", name), where=where) from None
     return spec
+
+
+def _check_search(search: SearchSpec, where: str) -> None:
+    """Check the search section with the search package's own validators (names, space, base config)."""
+    from modelyard.search import PRUNERS, SEARCH_STRATEGIES, SearchSpace
+
+    checks = [
+        ("strategy", search.strategy, SEARCH_STRATEGIES, "search strategy"),
+        ("early_stopping", search.early_stopping, PRUNERS, "early stopping rule"),
+    ]
+    for field, value, registry, kind in checks:
+        if value not in registry:
+            raise SpecError(f"Invalid {where}: search.{field}: unknown {kind} {value!r}; known: {registry.names()}.")
+    if isinstance(search.space, dict):
+        try:
+            SearchSpace.from_dict(search.space)
+        except (SpecError, ValueError, TypeError) as exc:
+            raise SpecError(f"Invalid {where}: search.space: {exc}") from None
+    elif search.space is not None and search.space not in ("mlp", "gbm"):
+        raise SpecError(f"Invalid {where}: search.space: unknown built-in space {search.space!r}; known: "
+                        "['gbm', 'mlp'], or give the params as a mapping.")
+    cls = model_config_class(search.family)
+    try:
+        cls.model_validate(search.base)
+    except ValidationError as exc:
+        raise _format_errors(exc, model=cls, prefix=("search", "base"), where=where) from None
 
 
 def load_spec(path: str | Path) -> PipelineSpec:

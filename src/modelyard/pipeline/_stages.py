@@ -15,7 +15,7 @@ from modelyard.errors import DataError, SpecError
 from modelyard.pipeline._spec import PipelineSpec
 from modelyard.pipeline._step import ExternalInput, Step, StepContext
 
-__all__ = ["DataStep", "TrainStep", "EvaluateStep", "ExportStep", "ReportStep", "build_steps", "resolve_source"]
+__all__ = ["DataStep", "SearchStep", "TrainStep", "EvaluateStep", "ExportStep", "ReportStep", "build_steps", "resolve_source"]
 
 _SPLITS = ("train", "valid", "test")
 _FILE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".parquet", ".pq")
@@ -158,6 +158,75 @@ def _fit_gbm(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any
 
 
 _TRAINERS = {"mlp": _fit_mlp, "gbm": _fit_gbm}
+
+
+class SearchStep(Step):
+    """Search the family's hyperparameters; write every trial, the leaderboard and the best model.
+
+    With one objective the best trial's model is refitted (same seed) and stored like a
+    trained model, so it joins the candidates of the evaluate step as ``search``. With
+    several objectives the Pareto front is written and no single model is chosen.
+    """
+
+    kind = "search"
+    VERSION = "1"
+
+    def run(self, ctx: StepContext) -> None:
+        from modelyard import search as mysearch
+        from modelyard.data import TabularData
+        from modelyard.pipeline._spec import model_config_class
+
+        cfg = self.config
+        schema = _read_schema(ctx)
+        train, valid = _read_split(ctx, "train", schema), _read_split(ctx, "valid", schema)
+        data = TabularData(name="search", schema=schema, train=train, valid=valid, test=valid)
+        family = cfg["family"]
+        objectives = cfg["objectives"] or (["rmse"] if schema.task == "regression" else ["accuracy"])
+        base = model_config_class(family).model_validate({"seed": cfg["seed"], **cfg["base"]})
+        bar = ctx.progress(f"searching {family} ({cfg['strategy']}, {cfg['workers']} worker(s))", cfg["trials"])
+        result = mysearch.run(
+            cfg["space"] or family, data, family=family, strategy=cfg["strategy"], trials=cfg["trials"],
+            objectives=tuple(objectives), early_stopping=cfg["early_stopping"], storage=cfg["storage"],
+            study_name=cfg["study_name"], seed=cfg["seed"], workers=cfg["workers"], timeout=cfg["timeout"],
+            base_config=base,
+        )
+        bar(completed=cfg["trials"])
+        with ctx.output("trials.csv") as tmp:
+            result.trials_.to_csv(tmp, index=False)
+        with ctx.output("leaderboard.csv") as tmp:
+            result.leaderboard().to_csv(tmp, index=False)
+        summary: dict[str, Any] = {"family": family, "strategy": cfg["strategy"], "objectives": objectives,
+                                   "trials": int(len(result.trials_))}
+        if len(objectives) == 1:
+            summary.update(best_params=result.best_params_, best_value=result.best_value_,
+                           best_trial=result.best_trial_.number)
+            t0 = time.perf_counter()
+            predictor = result.best_model()
+            fit_seconds = time.perf_counter() - t0
+            if family == "mlp":
+                from modelyard.models import save_torch
+
+                with ctx.output("model.safetensors") as tmp:
+                    save_torch(predictor, tmp)
+                extra: dict[str, Any] = {}
+            else:
+                from modelyard.compress import export_onnx
+
+                with ctx.output("model.onnx") as tmp:
+                    parity = export_onnx(predictor, tmp, sample=valid.X.head(2000))
+                extra = {"onnx_max_abs_diff": parity.max_abs_diff}
+            valid_metric = _quick_metric(predictor, valid)
+            ctx.write_json("fit.json", {"family": family, "fit_seconds": round(fit_seconds, 3),
+                                        "params": result.best_params_, **valid_metric, **_jsonable(extra)})
+            ctx.record(best_value=float(result.best_value_), **valid_metric)
+        else:
+            summary["pareto_front"] = result.pareto_front_
+            ctx.record(pareto_size=len(result.pareto_front_))
+        ctx.write_json("search.json", _jsonable(summary))
+        ctx.record(trials=int(len(result.trials_)))
+
+    def summary(self, figures: dict[str, Any]) -> str:
+        return super().summary(figures)
 
 
 class TrainStep(Step):
@@ -342,6 +411,14 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     steps: list[Step] = [DataStep("data", data_cfg)]
     data_in = {"train": "data:train.parquet", "valid": "data:valid.parquet", "schema": "data:schema.json"}
     model_inputs: dict[str, str] = {}
+    search = resolved.get("search")
+    if search is not None:
+        search_cfg = {**search, "study_name": f"{spec.name}-search"}
+        steps.append(SearchStep("search", search_cfg, dict(data_in)))
+        if len(search["objectives"] or [None]) == 1:
+            model_file = "model.safetensors" if search["family"] == "mlp" else "model.onnx"
+            model_inputs["model:search"] = f"search:{model_file}"
+            model_inputs["fit:search"] = "search:fit.json"
     for name, model in resolved["train"]["models"].items():
         steps.append(TrainStep(f"train.{name}", dict(model), dict(data_in)))
         model_file = "model.safetensors" if model["family"] == "mlp" else "model.onnx"

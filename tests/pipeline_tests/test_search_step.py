@@ -1,0 +1,74 @@
+"""The search step in a pipeline, and `modelyard search`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from modelyard import pipeline
+from modelyard.errors import SpecError
+from modelyard.pipeline import parse_spec
+
+from ._synthetic import make_csv, write_spec
+
+FAST_GBM = {"family": "gbm", "trials": 3, "strategy": "random", "base": {"max_iter": 20}}
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_searched_model_joins_the_candidates(workdir: Path, sqlite_url: str) -> None:
+    spec = write_spec(workdir / "spec.yaml", make_csv(workdir / "p.csv", n=600), search=FAST_GBM)
+    result = pipeline.run(spec, store=sqlite_url, quiet=True)
+    assert [s.name for s in result.steps][:2] == ["data", "search"]
+    trials = pd.read_csv(result.root / "search" / "trials.csv")
+    assert len(trials) == 3 and set(trials["state"]) == {"COMPLETE"}
+    found = json.loads((result.root / "search" / "search.json").read_text())
+    assert found["best_value"] == pytest.approx(trials["accuracy"].max())
+    metrics = json.loads((result.root / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"search", "mlp", "gbm"}
+    # The refitted best model scores what its trial scored on the validation split.
+    assert metrics["models"]["search"]["valid"]["overall"]["accuracy"] == pytest.approx(found["best_value"])
+    again = pipeline.run(spec, store=sqlite_url, quiet=True)
+    assert again.all_cached
+
+
+def test_several_objectives_write_a_pareto_front(workdir: Path, sqlite_url: str) -> None:
+    search = {**FAST_GBM, "objectives": ["accuracy", "n_params"], "strategy": "nsga2"}
+    spec = write_spec(workdir / "spec.yaml", make_csv(workdir / "p.csv", n=400), search=search)
+    result = pipeline.run(spec, store=sqlite_url, quiet=True, until="search")
+    found = json.loads((result.root / "search" / "search.json").read_text())
+    front = found["pareto_front"]
+    assert front and "best_params" not in found
+    for a in front:  # no point of the front is dominated by another
+        for b in front:
+            va, vb = a["values"], b["values"]
+            assert not (vb["accuracy"] >= va["accuracy"] and vb["n_params"] <= va["n_params"] and vb != va)
+    assert not (result.root / "search" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"strategy": "bayes"}, "search.strategy: unknown search strategy 'bayes'; known: ['cmaes', 'evolution', "
+         "'gp', 'nsga2', 'random', 'rl', 'tpe']."),
+        ({"early_stopping": "patience"}, "search.early_stopping: unknown early stopping rule 'patience'; known: "
+         "['asha', 'hyperband', 'median', 'none']."),
+        ({"space": "cnn"}, "search.space: unknown built-in space 'cnn'; known: ['gbm', 'mlp'], or give the "
+         "params as a mapping."),
+        ({"space": {"lr": {"type": "float", "low": 0.1, "high": 0.01}}}, "search.space: "),
+        ({"base": {"max_epoch": 3}}, "search.base: unknown key 'max_epoch'; allowed keys: "),
+        ({"trials": 0}, "search.trials: Input should be greater than or equal to 1 (got 0)."),
+    ],
+)
+def test_search_section_errors(search: dict, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "t", "data": {"source": "adult"}, "search": search})
+    assert message in str(info.value)
+    assert str(info.value).startswith("Invalid spec: ")
