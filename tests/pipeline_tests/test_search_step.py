@@ -35,6 +35,9 @@ def test_searched_model_joins_the_candidates(workdir: Path, sqlite_url: str) -> 
     assert set(metrics["models"]) == {"search", "mlp", "gbm"}
     # The refitted best model scores what its trial scored on the validation split.
     assert metrics["models"]["search"]["valid"]["overall"]["accuracy"] == pytest.approx(found["best_value"])
+    assert metrics["search"]["best_params"] == found["best_params"]
+    html = (result.root / "report.html").read_text()
+    assert 'id="search"' in html and "Optimization history" in html and "Hyperparameter importances" in html
     again = pipeline.run(spec, store=sqlite_url, quiet=True)
     assert again.all_cached
 
@@ -51,6 +54,19 @@ def test_several_objectives_write_a_pareto_front(workdir: Path, sqlite_url: str)
             va, vb = a["values"], b["values"]
             assert not (vb["accuracy"] >= va["accuracy"] and vb["n_params"] <= va["n_params"] and vb != va)
     assert not (result.root / "search" / "model.onnx").exists()
+
+
+def test_report_shows_a_pareto_front() -> None:
+    from modelyard.report import render_html
+
+    search = {"family": "gbm", "strategy": "nsga2", "objectives": ["accuracy", "n_params"], "trials_count": 3,
+              "trials": [{"number": i, "values": [0.7 + i / 100, 100 * (i + 1)]} for i in range(3)],
+              "pareto_front": [{"number": i, "params": {"<b>lr</b>": 0.1}, "values": {"accuracy": 0.7 + i / 100,
+                                                                                     "n_params": 100 * (i + 1)}}
+                               for i in range(3)]}
+    html = render_html({"pipeline": "p", "search": search})
+    assert "Pareto front of accuracy and n_params (3 trials)" in html
+    assert "<b>lr</b>" not in html
 
 
 @pytest.mark.parametrize(

@@ -195,8 +195,20 @@ class SearchStep(Step):
             result.trials_.to_csv(tmp, index=False)
         with ctx.output("leaderboard.csv") as tmp:
             result.leaderboard().to_csv(tmp, index=False)
-        summary: dict[str, Any] = {"family": family, "strategy": cfg["strategy"], "objectives": objectives,
-                                   "trials": int(len(result.trials_))}
+        import optuna
+
+        finished = [t for t in result.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        summary: dict[str, Any] = {
+            "family": family, "strategy": cfg["strategy"], "objectives": objectives,
+            "trials_count": int(len(result.trials_)),
+            "maximize": [d == optuna.study.StudyDirection.MAXIMIZE for d in result.study.directions],
+            "trials": [{"number": t.number, "values": list(t.values)} for t in finished],
+        }
+        if len(objectives) == 1 and len(finished) >= 2:
+            try:
+                summary["importances"] = optuna.importance.get_param_importances(result.study)
+            except (RuntimeError, ValueError):  # e.g. every trial had the same parameters
+                pass
         if len(objectives) == 1:
             summary.update(best_params=result.best_params_, best_value=result.best_value_,
                            best_trial=result.best_trial_.number)
@@ -392,6 +404,7 @@ class ReportStep(Step):
                      "rows": rows, "features": [{"name": c["name"], "kind": c["kind"]} for c in schema["features"]],
                      "sources": data["sources"]},
             "models": evaluation["models"],
+            "search": ctx.read_json("search") if "search" in ctx.input_paths else None,
             "chosen": {**evaluation["chosen"], "onnx": {"path": "model.onnx", "bytes": export["bytes"],
                                                         "max_abs_diff": export["max_abs_diff"],
                                                         "parity_rows": export["parity_rows"]}},
@@ -430,7 +443,10 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     steps.append(ExportStep("export", dict(resolved["export"]),
                             {"evaluation": "evaluate:evaluation.json", "test": "data:test.parquet",
                              "schema": "data:schema.json", **model_inputs}))
+    report_inputs = {"evaluation": "evaluate:evaluation.json", "export": "export:export.json",
+                     "schema": "data:schema.json", "rows": "data:rows.json"}
+    if search is not None:
+        report_inputs["search"] = "search:search.json"
     steps.append(ReportStep("report", {**resolved["report"], "pipeline": spec.name, "spec": resolved},
-                            {"evaluation": "evaluate:evaluation.json", "export": "export:export.json",
-                             "schema": "data:schema.json", "rows": "data:rows.json"}))
+                            report_inputs))
     return steps

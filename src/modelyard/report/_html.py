@@ -456,6 +456,36 @@ def _slice_sections(view: dict[str, Any], *, plots: bool) -> list[dict[str, Any]
     return sections
 
 
+def _search_section(search: Any, *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``search`` part: best trial or Pareto front, history, importances."""
+    from modelyard.report import _plots
+
+    if not isinstance(search, Mapping):
+        return None
+    objectives = [str(o) for o in search.get("objectives") or []]
+    trials = [t for t in search.get("trials") or [] if isinstance(t, Mapping)]
+    out: dict[str, Any] = {
+        "family": search.get("family"), "strategy": search.get("strategy"), "objectives": objectives,
+        "n_trials": search.get("trials_count", len(trials)),
+        "best_value": search.get("best_value"), "best_trial": search.get("best_trial"),
+        "best_params": sorted((str(k), f"{v:.4g}" if isinstance(v, float) else v)
+                              for k, v in (search.get("best_params") or {}).items()),
+        "front": [f for f in search.get("pareto_front") or [] if isinstance(f, Mapping)],
+        "history_chart": None, "pareto_chart": None, "importance_chart": None,
+    }
+    if plots and trials and len(objectives) == 1:
+        out["history_chart"] = _plots.search_history_chart(
+            [t.get("number", i) for i, t in enumerate(trials)], [t.get("values", [None])[0] for t in trials],
+            objective=objectives[0], maximize=bool(search.get("maximize", [True])[0]))
+    if plots and len(objectives) == 2 and out["front"]:
+        points = [t.get("values", []) for t in trials]
+        front = [[f["values"].get(o) for o in objectives] for f in out["front"] if isinstance(f.get("values"), Mapping)]
+        out["pareto_chart"] = _plots.pareto_chart(points, front, objectives=objectives)
+    if plots and search.get("importances"):
+        out["importance_chart"] = _plots.importance_chart(search["importances"])
+    return out
+
+
 def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
     from modelyard import __version__
     from modelyard.report import _plots
@@ -483,6 +513,7 @@ def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any
         spec_json = json.dumps(view["spec"], indent=2, ensure_ascii=False, default=str)
     return {
         **view,
+        "search": _search_section(summary.get("search"), plots=plots),
         "title": view["pipeline"] or "modelyard run",
         "headline_metrics": headline_metrics,
         "best": {metric: _best(models, metric) for metric in headline_metrics},

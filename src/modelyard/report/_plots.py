@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["slice_metric_chart", "roc_chart", "PALETTE"]
+__all__ = ["slice_metric_chart", "roc_chart", "search_history_chart", "pareto_chart", "importance_chart", "PALETTE"]
 
 #: Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -216,4 +216,71 @@ def roc_chart(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         ax.legend(loc="lower right", frameon=True, framealpha=0.9, edgecolor=_GRID, fontsize=8)
+        return _to_data_uri(fig)
+
+
+def _axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(color=_GRID)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig, ax
+
+
+def search_history_chart(numbers: Sequence[int], values: Sequence[float], *, objective: str, maximize: bool) -> str:
+    """Optimization history: each finished trial's value and the best so far."""
+    import matplotlib
+
+    pairs = sorted((int(n), float(v)) for n, v in zip(numbers, values) if _finite(v))
+    with matplotlib.rc_context(_style()):
+        fig, ax = _axes((6.4, 3.4))
+        if pairs:
+            xs, ys = zip(*pairs)
+            best, running = [], None
+            for y in ys:
+                running = y if running is None else (max(running, y) if maximize else min(running, y))
+                best.append(running)
+            ax.scatter(xs, ys, s=22, color=PALETTE[0], alpha=0.8, label="trial", zorder=3)
+            ax.step(xs, best, where="post", color=PALETTE[1], linewidth=2, label="best so far")
+            ax.legend(loc="best", frameon=True, framealpha=0.9, edgecolor=_GRID, fontsize=8)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("Trial")
+        ax.set_ylabel(_shorten(objective, 30))
+        return _to_data_uri(fig)
+
+
+def pareto_chart(points: Sequence[Sequence[float]], front: Sequence[Sequence[float]], *, objectives: Sequence[str]) -> str:
+    """All trials of a two-objective search, with the Pareto front highlighted."""
+    import matplotlib
+
+    with matplotlib.rc_context(_style()):
+        fig, ax = _axes((5.6, 4.0))
+        pts = [p for p in points if len(p) >= 2 and _finite(p[0]) and _finite(p[1])]
+        fr = sorted(p for p in front if len(p) >= 2 and _finite(p[0]) and _finite(p[1]))
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, color=_MUTED, alpha=0.6, label="trial")
+        if fr:
+            ax.plot([p[0] for p in fr], [p[1] for p in fr], "o-", color=PALETTE[0], markersize=5, label="Pareto front")
+        ax.set_xlabel(_shorten(objectives[0], 30))
+        ax.set_ylabel(_shorten(objectives[1], 30) if len(objectives) > 1 else "")
+        ax.legend(loc="best", frameon=True, framealpha=0.9, edgecolor=_GRID, fontsize=8)
+        return _to_data_uri(fig)
+
+
+def importance_chart(importances: Mapping[str, float]) -> str:
+    """Hyperparameter importances (fANOVA), largest on top."""
+    import matplotlib
+
+    items = sorted(((str(k), float(v)) for k, v in importances.items() if _finite(v)), key=lambda kv: kv[1])
+    with matplotlib.rc_context(_style()):
+        fig, ax = _axes((5.6, 0.6 + 0.32 * max(len(items), 1)))
+        if items:
+            ax.barh([_shorten(k, 30) for k, _ in items], [v for _, v in items], color=PALETTE[2])
+        ax.set_xlabel("Importance (share of the objective's variance)")
+        ax.grid(axis="y", visible=False)
         return _to_data_uri(fig)
