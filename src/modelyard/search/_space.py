@@ -20,6 +20,8 @@ and be active themselves.
 
 from __future__ import annotations
 
+import abc
+
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -92,7 +94,7 @@ def _normalize_condition(
 
 
 @dataclass(frozen=True)
-class Param:
+class Param(abc.ABC):
     """Base of the parameter declarations; ``when`` is an optional condition (see the module docstring)."""
 
     when: Mapping[str, Any] | None = field(default=None, kw_only=True)
@@ -110,18 +112,21 @@ class Param:
                 return False
         return True
 
-    def _validate(self, name: str) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _validate(self, name: str) -> None:
+        """Implemented by each parameter kind."""
 
-    def _suggest(self, trial: Any, name: str) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _suggest(self, trial: Any, name: str) -> Any:
+        """Implemented by each parameter kind."""
 
-    def distribution(self) -> Any:  # pragma: no cover - overridden
+    @abc.abstractmethod
+    def distribution(self) -> Any:
         """The equivalent :mod:`optuna.distributions` object."""
-        raise NotImplementedError
 
-    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Implemented by each parameter kind."""
 
 
 def _check_number(name: str, what: str, value: Any, *, integer: bool) -> None:
