@@ -23,7 +23,6 @@ import http.client
 import logging
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelyard._atomic import atomic_path
 from modelyard.errors import ChecksumError, DataError, DownloadError
 
 __all__ = ["fetch", "resolve", "sha256_file", "default_cache_dir", "DATA_DIR_ENV", "CACHE_DIR_ENV", "MIRROR_ENV"]
@@ -136,43 +136,38 @@ def fetch(url: str, dest: str | os.PathLike[str], *, sha256: str, timeout: float
     dest = Path(dest)
     expected = sha256.lower()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     log.info("Downloading %s to %s", url, dest)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-            try:
-                # The URL comes from the built-in table, the caller or the user's mirror.
-                with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    received = 0
-                    with _progress_bar(progress, total, dest.name) as advance:
-                        while chunk := response.read(_CHUNK):
-                            digest.update(chunk)
-                            out.write(chunk)
-                            received += len(chunk)
-                            advance(len(chunk))
-                    if total is not None and received != total:
-                        raise _download_error(url, f"the connection closed after {received} of {total} bytes")
-            except urllib.error.HTTPError as exc:
-                raise _download_error(url, f"HTTP {exc.code} {exc.reason}") from exc
-            except urllib.error.URLError as exc:
-                raise _download_error(url, str(exc.reason)) from exc
-            except (http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-                raise _download_error(url, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        try:
+            # The URL comes from the built-in table, the caller or the user's mirror.
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                received = 0
+                with _progress_bar(progress, total, dest.name) as advance:
+                    while chunk := response.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        received += len(chunk)
+                        advance(len(chunk))
+                if total is not None and received != total:
+                    raise _download_error(url, f"the connection closed after {received} of {total} bytes")
+        except urllib.error.HTTPError as exc:
+            raise _download_error(url, f"HTTP {exc.code} {exc.reason}") from exc
+        except urllib.error.URLError as exc:
+            raise _download_error(url, str(exc.reason)) from exc
+        except (http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+            raise _download_error(url, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        out.flush()
         actual = digest.hexdigest()
-        if actual != expected:
+        if actual != expected:  # raised inside atomic_path: the temporary file is removed, dest untouched
             raise ChecksumError(
                 f"Downloaded file {dest.name} from {url} has SHA-256 {actual}, expected {expected}; it was not kept. "
                 "The download was corrupted or the file changed at its source: try again, or set "
                 f"{DATA_DIR_ENV} to a folder holding a verified copy."
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import safetensors.torch
@@ -31,6 +30,7 @@ from safetensors import safe_open
 
 from modelyard._registry import Registry
 from modelyard.data._schema import Schema
+from modelyard._atomic import atomic_write_bytes
 from modelyard.errors import ModelFormatError
 from modelyard.models._base import Predictor
 from modelyard.models._mlp import TabularMLP, TabularModule
@@ -46,27 +46,6 @@ MODEL_FAMILIES.register("mlp")(TabularMLP)
 FORMAT = "modelyard"
 _META_KEYS = ("format", "family", "config", "schema", "modelyard_version", "weights_sha256")
 _RETRAIN = "re-run the training step to write it again"
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader never sees a half-written file, and a crash leaves either the old file
-    or the new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -6,39 +6,15 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from modelyard._atomic import atomic_path
 from modelyard.data._download import sha256_file
 from modelyard.errors import StoreError
 
 __all__ = ["ArtifactStore", "sha256_file", "atomic_path", "safe_relpath"]
-
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
-
-    The temporary file lives in the destination's folder, so the final ``os.replace``
-    is atomic: readers see the old file or the whole new one, never a part. On an
-    exception the temporary file is removed and ``dest`` is left untouched.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix, so writers that check it (".onnx") accept it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:  # the bytes reach the disk before the rename makes them visible
-            os.fsync(f.fileno())
-        os.replace(tmp_path, dest)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
 
 def safe_relpath(name: str) -> PurePosixPath:
     """Check that an artifact name is a plain relative path and return it.

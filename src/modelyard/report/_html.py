@@ -49,12 +49,13 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from modelyard._atomic import atomic_path
 
 __all__ = ["render_html", "write_html"]
 
@@ -595,22 +596,10 @@ def write_html(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`modelyard._atomic.atomic_path`)."""
     target = Path(path)
     if not target.parent.is_dir():
         raise FileNotFoundError(f"Cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist.")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
     return target
