@@ -404,3 +404,14 @@ def test_files_are_written_atomically(model: TorchPredictor, sample: pd.DataFram
     monkeypatch.setattr(os, "replace", real_replace)
     save_torch(model, path)
     assert isinstance(load_predictor(path), TorchPredictor)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "tanh"])
+def test_every_activation_is_built_and_exports_with_parity(activation: str, tmp_path: Path) -> None:
+    train, valid = synthetic("binary")
+    model = fit_mlp(train, valid, MLPConfig(max_epochs=2, batch_size=64, activation=activation))
+    kinds = {type(m).__name__.lower() for m in model.module.body}
+    assert activation in kinds and "relu" not in kinds
+    sample = valid.X
+    served = OnnxPredictor(export_onnx(model, tmp_path / "model.onnx", sample=sample).path)
+    np.testing.assert_allclose(served.predict_proba(sample), model.predict_proba(sample), rtol=0, atol=ATOL)

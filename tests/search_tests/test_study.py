@@ -214,3 +214,106 @@ def test_killed_worker_loses_nothing_and_its_trial_fails(
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retried) == 1 and retried[0].params == study.trials[killed].params
+
+
+def test_killed_worker_on_a_journal_file_loses_nothing(toy_data, tmp_path) -> None:
+    """A journal has no heartbeat: when the workers end, a killed one's RUNNING trial is failed and rerun."""
+    slow = MLPConfig(max_epochs=30, patience=30, hidden_sizes=(256, 256), batch_size=16)
+    path = tmp_path / "study.journal"
+    out: dict = {}
+
+    def search() -> None:
+        out["result"] = run(
+            {"lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+            toy_data,
+            trials=4,
+            workers=2,
+            storage=str(path),
+            study_name="kill",
+            base_config=slow,
+            strategy="random",
+        )
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    storage = None
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not path.exists():
+            continue
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        try:
+            study = optuna.load_study(study_name="kill", storage=storage)
+        except KeyError:
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            worker = t.system_attrs.get(WORKER_KEY)
+            if worker:
+                os.kill(worker["pid"], signal.SIGKILL)
+                killed = t.number
+                break
+    thread.join(timeout=120)
+    assert killed is not None and not thread.is_alive() and "result" in out
+    study = out["result"].study
+    assert study.trials[killed].state == TrialState.FAIL
+    assert _finished(study) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    rerun = [t for t in study.trials if t.number > killed and t.params == study.trials[killed].params]
+    assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE
+
+
+def test_worker_job_travels_as_json(toy_data, tmp_path) -> None:
+    """The job file is JSON (never a pickle) and reads back to the same objective, strategy and pruner."""
+    import json
+
+    from modelyard.search import EvolutionSearch, resolve_objectives
+    from modelyard.search._study import TrialObjective
+    from modelyard.search._worker import StorageSpec, WorkerJob
+
+    objective = TrialObjective(
+        spaces.mlp(), "mlp", resolve_objectives(("accuracy", "n_params"), "binary"), TINY, prune=False
+    )
+    job = WorkerJob(
+        storage=StorageSpec("journal", str(tmp_path / "j.log"), 3),
+        study_name="s",
+        data_dir=str(tmp_path),
+        objective=objective,
+        strategy=EvolutionSearch(population_size=7, sample_size=3),
+        early_stopping="asha",
+        seed=5,
+        n_objectives=2,
+        deadline_s=12.5,
+    )
+    text = job.to_json()
+    json.loads(text)  # plain JSON
+    back = WorkerJob.from_json(text, "binary")
+    assert back.storage == job.storage and back.seed == 5 and back.deadline_s == 12.5
+    assert back.objective.space == objective.space and back.objective.base_config == TINY
+    assert [o.name for o in back.objective.objectives] == ["accuracy", "n_params"]
+    assert isinstance(back.strategy, EvolutionSearch)
+    assert (back.strategy.population_size, back.strategy.sample_size) == (7, 3)
+    assert back.early_stopping == "asha"
+
+
+def test_settings_that_cannot_reach_workers_fail_before_any_trial(toy_data) -> None:
+    from modelyard.search import RandomSearch
+
+    class Local(RandomSearch):
+        pass
+
+    with pytest.raises(SpecError, match="cannot import it"):
+        run(spaces.mlp(), toy_data, trials=2, workers=2, strategy=Local(), base_config=TINY)
+    odd = RandomSearch()
+    odd.extra = object()
+    with pytest.raises(SpecError, match="not JSON"):
+        run(spaces.mlp(), toy_data, trials=2, workers=2, strategy=odd, base_config=TINY)
+    with pytest.raises(SpecError, match="early_stopping as a name"):
+        run(
+            spaces.mlp(), toy_data, trials=2, workers=2, base_config=TINY,
+            early_stopping=optuna.pruners.MedianPruner(),
+        )

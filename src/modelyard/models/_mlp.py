@@ -36,6 +36,9 @@ from modelyard.models._config import MLPConfig
 
 __all__ = ["MLPConfig", "TabularModule", "TabularMLP", "embedding_dim"]
 
+#: ``MLPConfig.activation`` -> module class of the nonlinearity after each hidden layer.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
 
 def embedding_dim(n_rows: int, config: MLPConfig) -> int:
     """Width of the embedding of a column whose table has ``n_rows`` rows (categories + 1)."""
@@ -118,7 +121,7 @@ class TabularMLP(TabularModule):
         width = num_width + sum(e.embedding_dim for e in self.embeddings)
         layers: list[nn.Module] = []
         for size in config.hidden_sizes:
-            layers += [nn.Linear(width, size, device="meta"), nn.ReLU(), nn.Dropout(config.dropout)]
+            layers += [nn.Linear(width, size, device="meta"), ACTIVATIONS[config.activation](), nn.Dropout(config.dropout)]
             width = size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_out, device="meta")

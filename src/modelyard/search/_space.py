@@ -492,13 +492,12 @@ NOT_A_FIELD = (
 def mlp_space(
     *, max_layers: int = 3, min_width: int = 16, max_width: int = 512
 ) -> SearchSpace:
-    """The tabular MLP's space: depth, widths, dropout, numeric embedding, lr, batch size, weight decay.
+    """The tabular MLP's space: depth, widths, activation, dropout, numeric embedding, lr, batch size, weight decay.
 
     ``n_layers`` in ``1..max_layers`` and one width ``hidden_i`` per layer, each present
     only when ``n_layers >= i`` (log scale in ``[min_width, max_width]``); the periodic
     embedding's frequency scale only when that embedding is chosen. :func:`to_config`
-    maps a point to an :class:`~modelyard.models.MLPConfig`. (``MLPConfig`` has no
-    activation field, so activation is not searched.)
+    maps a point to an :class:`~modelyard.models.MLPConfig`.
 
     Parameters
     ----------
@@ -518,6 +517,7 @@ def mlp_space(
             when=None if i == 1 else {"n_layers": {">=": i}},
         )
     params.update(
+        activation=Categorical(["relu", "gelu", "silu"]),
         dropout=Float(0.0, 0.5),
         numeric_embedding=Categorical(["periodic", "none"]),
         frequency_scale=Float(

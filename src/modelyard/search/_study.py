@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -21,12 +20,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from modelyard.errors import SpecError, StoreError
 from modelyard.search._objectives import Objective, resolve_objectives
-from modelyard.search._pruners import make_pruner, pruning_callback
+from modelyard.search._pruners import PRUNERS, make_pruner, pruning_callback
 from modelyard.search._space import SPACES, SearchSpace, check_config_fields, to_config
 from modelyard.search._strategies import BaseSearchStrategy, resolve_strategy
 from modelyard.search._worker import (
     StorageSpec,
     WorkerJob,
+    _instance_state,
     open_storage,
     run_trials,
     write_splits,
@@ -47,7 +47,7 @@ WORKER_FAILED = "Search worker {index} exited with code {code}; its error is pri
 class TrialObjective:
     """The function each trial runs: suggest a point, fit the family, compute the objectives.
 
-    Picklable without its data (:meth:`with_data` attaches the splits in a worker).
+    Workers receive it as JSON without its data (:meth:`with_data` attaches the splits).
     """
 
     def __init__(
@@ -80,9 +80,6 @@ class TrialObjective:
         )
         other.train, other.valid = train, valid
         return other
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "train": None, "valid": None}
 
     def fit(self, params: Mapping[str, Any], trial: optuna.Trial | None = None) -> Any:
         """Fit the family with ``params`` (and the base config); report epochs to ``trial`` if given."""
@@ -263,7 +260,7 @@ def _storage_spec(
 def _open(spec: StorageSpec) -> Any:
     try:
         return open_storage(spec)
-    except Exception as e:  # noqa: BLE001 - sqlalchemy OperationalError, ArgumentError, a missing driver
+    except Exception as e:  # sqlalchemy OperationalError, ArgumentError, a missing driver
         from sqlalchemy.engine import make_url
 
         try:
@@ -373,6 +370,13 @@ def run(
         raise SpecError(f"timeout must be positive seconds or None; got {timeout!r}.")
     if storage is not None and not isinstance(storage, str):
         raise SpecError(BAD_STORAGE.format(storage=storage))
+    if workers > 1:
+        if not isinstance(early_stopping, str):
+            raise SpecError(
+                "With workers > 1, give early_stopping as a name (one of "
+                f"{PRUNERS.names()}): worker processes receive their settings as JSON."
+            )
+        _instance_state(strat, "Search strategy")  # raises now if it cannot reach the workers
 
     from optuna.pruners import NopPruner
 
@@ -414,7 +418,7 @@ def run(
                 objective,
                 spec,
                 strat,
-                pruner,
+                early_stopping,
                 workers,
                 seed,
                 len(objs),
@@ -464,7 +468,7 @@ def _run_workers(
     objective: TrialObjective,
     spec: StorageSpec,
     strategy: BaseSearchStrategy,
-    pruner: Any,
+    early_stopping: str,
     workers: int,
     seed: int,
     n_objectives: int,
@@ -478,13 +482,13 @@ def _run_workers(
         data_dir=str(data_dir),
         objective=objective,
         strategy=strategy,
-        pruner=pruner,
+        early_stopping=early_stopping,
         seed=seed,
         n_objectives=n_objectives,
         deadline_s=timeout,
     )
-    job_path = tmp / "job.pickle"  # our own file, read only by our own worker processes
-    job_path.write_bytes(pickle.dumps(job))
+    job_path = tmp / "job.json"
+    job_path.write_text(job.to_json())
     # Subprocesses, not multiprocessing: spawn would re-import the caller's __main__ (a script
     # without an ``if __name__ == "__main__"`` guard would start the search again).
     procs = [

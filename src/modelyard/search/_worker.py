@@ -23,13 +23,15 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
+
+from modelyard.errors import SpecError
 
 __all__ = [
     "StorageSpec",
@@ -174,28 +176,124 @@ def read_splits(folder: Path) -> tuple[Any, Any]:
     )  # type: ignore[return-value]
 
 
+def _instance_state(obj: Any, what: str) -> dict[str, Any]:
+    """``{"class": "module:QualName", "state": {...}}`` for a strategy instance, checked to be JSON."""
+    klass = type(obj)
+    if klass.__module__ == "__main__" or "<locals>" in klass.__qualname__:
+        raise SpecError(
+            f"{what} {klass.__qualname__} is defined in a script or a function, so worker processes "
+            "cannot import it; move it to an importable module or run with workers=1."
+        )
+    state = dict(vars(obj))
+    try:
+        json.dumps(state)
+    except TypeError as exc:
+        raise SpecError(
+            f"{what} {klass.__qualname__} holds attributes that are not JSON ({exc}); workers receive "
+            "their strategy as JSON, so keep its settings to numbers, strings, lists and dicts, or run with workers=1."
+        ) from None
+    return {"class": f"{klass.__module__}:{klass.__qualname__}", "state": state}
+
+
+def _from_instance_state(spec: dict[str, Any]) -> Any:
+    import importlib
+
+    module, _, qualname = spec["class"].partition(":")
+    klass: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        klass = getattr(klass, part)
+    obj = klass.__new__(klass)
+    obj.__dict__.update(spec["state"])
+    return obj
+
+
 @dataclass
 class WorkerJob:
-    """Everything a worker process needs; pickled to a file in the search's private temporary folder."""
+    """Everything a worker process needs, written as JSON to the search's private temporary folder.
+
+    JSON, not pickle: a job file is data, so reading one cannot run code.
+    """
 
     storage: StorageSpec
     study_name: str
     data_dir: str
     objective: Any  # a TrialObjective without its data (the worker loads it)
-    strategy: Any
-    pruner: Any
+    strategy: Any  # a BaseSearchStrategy
+    early_stopping: str  # a PRUNERS name
     seed: int
     n_objectives: int
     deadline_s: float | None = None  # seconds from the worker's start
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The job as JSON (:meth:`from_json` reads it back).
+
+        Raises
+        ------
+        SpecError
+            The strategy cannot travel as JSON (defined in a script, or non-JSON settings).
+        """
+        o = self.objective
+        return json.dumps(
+            {
+                "storage": asdict(self.storage),
+                "study_name": self.study_name,
+                "data_dir": self.data_dir,
+                "objective": {
+                    "space": o.space.to_dict(),
+                    "family": o.family,
+                    "objectives": [obj.name for obj in o.objectives],
+                    "base_config": o.base_config.model_dump(mode="json"),
+                    "prune": o.prune,
+                    "n_threads": o.n_threads,
+                },
+                "strategy": _instance_state(self.strategy, "Search strategy"),
+                "early_stopping": self.early_stopping,
+                "seed": self.seed,
+                "n_objectives": self.n_objectives,
+                "deadline_s": self.deadline_s,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, task: str) -> WorkerJob:
+        """Read a job :meth:`to_json` wrote; ``task`` resolves the objective names."""
+        from modelyard.search._objectives import resolve_objectives
+        from modelyard.search._space import SearchSpace, _config_class
+        from modelyard.search._study import TrialObjective
+
+        d = json.loads(text)
+        o = d["objective"]
+        objective = TrialObjective(
+            SearchSpace.from_dict(o["space"]),
+            o["family"],
+            resolve_objectives(o["objectives"], task),
+            _config_class(o["family"]).model_validate(o["base_config"]),
+            prune=o["prune"],
+            n_threads=o["n_threads"],
+        )
+        return cls(
+            storage=StorageSpec(**d["storage"]),
+            study_name=d["study_name"],
+            data_dir=d["data_dir"],
+            objective=objective,
+            strategy=_from_instance_state(d["strategy"]),
+            early_stopping=d["early_stopping"],
+            seed=d["seed"],
+            n_objectives=d["n_objectives"],
+            deadline_s=d["deadline_s"],
+        )
 
 
-def worker_main(job: WorkerJob, index: int) -> None:
+def worker_main(job_file: Path, index: int) -> None:
     """Entry point of worker ``index``: load the study and the data, run queued trials until none are left."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.monotonic()
-    train, valid = read_splits(Path(job.data_dir))
+    data_dir = Path(json.loads(job_file.read_text())["data_dir"])
+    train, valid = read_splits(data_dir)
+    job = WorkerJob.from_json(job_file.read_text(), train.schema.task)
     objective = job.objective.with_data(train, valid)
+    from modelyard.search._pruners import make_pruner
+
     sampler = job.strategy.make_sampler(
         objective.space, job.seed + 1000 * (index + 1), job.n_objectives
     )
@@ -203,7 +301,7 @@ def worker_main(job: WorkerJob, index: int) -> None:
         study_name=job.study_name,
         storage=open_storage(job.storage),
         sampler=sampler,
-        pruner=job.pruner,
+        pruner=make_pruner(job.early_stopping, n_objectives=job.n_objectives),
     )
     deadline = None if job.deadline_s is None else start + job.deadline_s
     run_trials(study, objective, deadline=deadline)
@@ -211,7 +309,6 @@ def worker_main(job: WorkerJob, index: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m modelyard.search._worker JOB_FILE INDEX``: run one worker of a search."""
-    import pickle
     import sys
 
     args = sys.argv[1:] if argv is None else argv
@@ -220,10 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "usage: python -m modelyard.search._worker JOB_FILE INDEX", file=sys.stderr
         )
         return 2
-    job = pickle.loads(
-        Path(args[0]).read_bytes()
-    )  # written by modelyard.search.run for this worker
-    worker_main(job, int(args[1]))
+    worker_main(Path(args[0]), int(args[1]))
     return 0
 
 
