@@ -114,24 +114,24 @@ def test_objective_directions() -> None:
             "rmse",
             "binary",
             "Objective 'rmse' cannot be computed for a binary task; use one of "
-            "['accuracy', 'auc', 'log_loss', 'n_params', 'latency_ms'].",
+            "['accuracy', 'auc', 'log_loss', 'n_params', 'flops', 'latency_ms'].",
         ),
         (
             "auc",
             "regression",
             "Objective 'auc' cannot be computed for a regression task; use one of "
-            "['mae', 'r2', 'rmse', 'n_params', 'latency_ms'].",
+            "['mae', 'r2', 'rmse', 'n_params', 'flops', 'latency_ms'].",
         ),
         (
             "count",
             "binary",
             "Objective 'count' cannot be computed for a binary task; use one of "
-            "['accuracy', 'auc', 'log_loss', 'n_params', 'latency_ms'].",
+            "['accuracy', 'auc', 'log_loss', 'n_params', 'flops', 'latency_ms'].",
         ),
         (
             "f1",
             "binary",
-            "Unknown objective 'f1' for a binary task; known: ['accuracy', 'auc', 'log_loss', 'n_params', 'latency_ms'].",
+            "Unknown objective 'f1' for a binary task; known: ['accuracy', 'auc', 'log_loss', 'n_params', 'flops', 'latency_ms'].",
         ),
     ],
 )
@@ -146,3 +146,38 @@ def test_unfit_objective_fails_before_any_trial(toy_regression) -> None:
         SpecError, match="Objective 'auc' cannot be computed for a regression task"
     ):
         run("gbm", toy_regression, family="gbm", objectives=("auc",), trials=1)
+
+
+def test_module_flops_match_a_hand_count() -> None:
+    import torch
+    from torch import nn
+
+    from modelyard.search import module_flops
+
+    mlp = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    assert module_flops(mlp, torch.zeros(4, 10)) == 10 * 20 + 20 * 3  # per row, batch of 4
+    conv = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # 8x8 out: 8*8*8 positions x 3*9 taps
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise: 8*8*8 x 1*9
+        nn.MaxPool2d(2),  # not counted
+        nn.Conv2d(8, 4, 1),  # 4x4 out: 4*4*4 x 8
+    )
+    assert module_flops(conv, torch.zeros(2, 3, 8, 8)) == 512 * 27 + 512 * 9 + 64 * 8
+
+
+def test_flops_of_the_tabular_mlp_and_of_trees(toy_data) -> None:
+    from modelyard.search import flops
+
+    plain = fit_mlp(toy_data.train, toy_data.valid, MLPConfig(max_epochs=1, hidden_sizes=(16, 8), numeric_embedding="none"))
+    m = plain.module
+    width = m.n_num + sum(e.embedding_dim for e in m.embeddings)
+    assert flops(plain, toy_data.valid.X) == width * 16 + 16 * 8 + 8 * m.head.out_features
+    periodic = fit_mlp(toy_data.train, toy_data.valid, MLPConfig(max_epochs=1, hidden_sizes=(16,)))
+    p = periodic.module
+    k, d = p.frequencies.shape[1], p.periodic_weight.shape[2]
+    width = p.n_num * d + sum(e.embedding_dim for e in p.embeddings)
+    expected = p.n_num * (k + 2 * k * d) + width * 16 + 16 * p.head.out_features
+    assert flops(periodic, toy_data.valid.X) == expected
+    gbm = fit_gbm(toy_data.train, toy_data.valid, GBMConfig(max_iter=5, max_depth=3))
+    trees = [t for per in gbm.estimator._predictors for t in per]
+    assert flops(gbm, toy_data.valid.X) == sum(t.get_max_depth() for t in trees) <= 3 * len(trees)

@@ -173,7 +173,7 @@ class SearchSpec(_Strict):
     strategy: str = Field("tpe", description="random, tpe, gp, cmaes, nsga2, evolution or rl.")
     trials: int = Field(20, ge=1, description="Finished trials the study holds at the end.")
     objectives: list[str] | None = Field(None, min_length=1, description="Validation metrics and costs "
-                                         "(n_params, latency_ms); default: accuracy (classifiers) or rmse.")
+                                         "(n_params, flops, latency_ms); default: accuracy (classifiers) or rmse.")
     early_stopping: str = Field("none", description="none, median, asha or hyperband (MLP, one objective).")
     workers: int = Field(1, ge=1, description="Local worker processes sharing the study.")
     storage: str | None = Field(None, description="Optuna storage URL shared by workers on many machines "

@@ -15,7 +15,9 @@ from modelyard.search._evolution import RegularizedEvolutionSampler
 from modelyard.search._objectives import (
     COSTS,
     Objective,
+    flops,
     latency_ms,
+    module_flops,
     n_params,
     resolve_objectives,
 )
@@ -71,7 +73,9 @@ __all__ = [
     "TPESearch",
     "TrialObjective",
     "gbm_space",
+    "flops",
     "latency_ms",
+    "module_flops",
     "make_pruner",
     "mlp_space",
     "n_params",

@@ -5,6 +5,9 @@ the validation split (its direction from ``greater_is_better``) or a cost, minim
 
 * ``n_params``: parameters of a torch model; for gradient boosting, the total number
   of tree nodes (what the model stores and walks).
+* ``flops``: multiply-adds to predict one row: counted layer by layer on a forward pass
+  for torch models (:func:`module_flops`); for gradient boosting, the node comparisons
+  of the longest root-to-leaf path of every tree (an upper bound of the work per row).
 * ``latency_ms``: median ONNX Runtime time of ``predict_proba`` (``predict`` for
   regression) on a batch of validation rows, measured on the exported model.
 """
@@ -21,7 +24,7 @@ from typing import Any
 
 from modelyard.errors import SpecError
 
-__all__ = ["COSTS", "Objective", "latency_ms", "n_params", "resolve_objectives"]
+__all__ = ["COSTS", "Objective", "flops", "latency_ms", "module_flops", "n_params", "resolve_objectives"]
 
 UNKNOWN_OBJECTIVE = "Unknown objective {name!r} for a {task} task; known: {known}."
 UNFIT_OBJECTIVE = (
@@ -53,6 +56,98 @@ def n_params(predictor: Any) -> int:
         return int(sum(len(tree.nodes) for per_iter in trees for tree in per_iter))
     raise TypeError(
         f"n_params needs a torch model or a fitted HistGradientBoosting model; got {type(predictor).__name__}."
+    )
+
+
+def module_flops(module: Any, *inputs: Any) -> int:
+    """Multiply-adds of one forward pass of a torch ``module`` on ``inputs``, per input row.
+
+    Counted with forward hooks on the layers that do the arithmetic: ``Linear``
+    (in x out per row, over every leading position), ``Conv1d/2d/3d`` (kernel volume x
+    in/groups x out per output position), ``ConvTranspose`` likewise per input
+    position, and ``MultiheadAttention``'s projections through its ``Linear`` children.
+    Bias adds, activations, pooling, normalization and embeddings (lookups) are not
+    counted, as is usual for FLOPs tables (e.g. the PNAS and MobileNet papers).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    *inputs : torch.Tensor
+        A batch; the first dimension is the batch (rows).
+
+    Returns
+    -------
+    int
+        Multiply-adds per row (total over the batch divided by the batch size).
+    """
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def linear(m: nn.Linear, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    def conv(m: nn.modules.conv._ConvNd, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        per_out = (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+        if m.transposed:  # every input position scatters into a kernel-sized window
+            x = args[0]
+            total += x.numel() * (m.out_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+        else:
+            total += out.numel() * per_out
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear))
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            handles.append(m.register_forward_hook(conv))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    rows = int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") else 1
+    return total // max(rows, 1)
+
+
+def flops(predictor: Any, X: Any) -> int:
+    """Multiply-adds to predict one row of ``X`` (see the module docstring).
+
+    Parameters
+    ----------
+    predictor : TorchPredictor or SklearnPredictor (HistGradientBoosting)
+    X : pandas.DataFrame
+        Raw rows; the first one is run through a torch model.
+
+    Returns
+    -------
+    int
+    """
+    module = getattr(predictor, "module", None)
+    if module is not None and hasattr(module, "parameters"):
+        import torch
+
+        from modelyard.data import encode_frame
+
+        x_num, x_cat = encode_frame(X.iloc[:1], predictor.schema)
+        count = module_flops(module, torch.from_numpy(x_num), torch.from_numpy(x_cat))
+        if getattr(module, "periodic", False):  # the PLR embedding is an einsum, not a Linear
+            n_num, k = module.frequencies.shape
+            count += n_num * k + int(module.periodic_weight.numel())  # x*c, then [sin, cos] @ W per column
+        return count
+    estimator = getattr(predictor, "estimator", predictor)
+    trees = getattr(estimator, "_predictors", None)
+    if trees is not None:
+        return int(sum(tree.get_max_depth() for per_iter in trees for tree in per_iter))
+    raise TypeError(
+        f"flops needs a torch model or a fitted HistGradientBoosting model; got {type(predictor).__name__}."
     )
 
 
@@ -103,6 +198,7 @@ def latency_ms(
 #: Cost objectives (always minimized): name -> fn(predictor, valid_split) -> float.
 COSTS: dict[str, Callable[[Any, Any], float]] = {
     "n_params": lambda predictor, split: float(n_params(predictor)),
+    "flops": lambda predictor, split: float(flops(predictor, split.X)),
     "latency_ms": lambda predictor, split: latency_ms(predictor, split.X),
 }
 
