@@ -88,3 +88,65 @@ def test_search_section_errors(search: dict, message: str) -> None:
         parse_spec({"name": "t", "data": {"source": "adult"}, "search": search})
     assert message in str(info.value)
     assert str(info.value).startswith("Invalid spec: ")
+
+
+def test_search_killed_mid_way_resumes_with_its_finished_trials(workdir: Path, sqlite_url: str) -> None:
+    """SIGKILL the pipeline during its search; the next run keeps the finished trials and runs only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    slow = {"family": "mlp", "trials": 4, "strategy": "random",
+            "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+            "base": {"max_epochs": 40, "patience": 40, "hidden_sizes": [64, 64], "batch_size": 16}}
+    spec = write_spec(workdir / "spec.yaml", make_csv(workdir / "p.csv", n=1500), search=slow)
+    env = {**os.environ, "MODELYARD_STORE": sqlite_url}
+    proc = subprocess.Popen([sys.executable, "-m", "modelyard", "search", str(spec), "--quiet"],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def study_state() -> list[TrialState]:
+        journals = list((workdir / "runs" / ".state").glob("search-*/study.journal"))
+        if not journals:
+            return []
+        storage = JournalStorage(JournalFileBackend(str(journals[0])))
+        names = optuna.get_all_study_names(storage)
+        return [t.state for t in optuna.load_study(study_name=names[0], storage=storage).trials] if names else []
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = study_state()
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the search never had a finished and a running trial at once")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    journal = next((workdir / "runs" / ".state").glob("search-*/study.journal"))
+    before = optuna.load_study(study_name="synthetic-search", storage=JournalStorage(JournalFileBackend(str(journal))))
+    done_before = {t.number: t.params for t in before.trials if t.state == TrialState.COMPLETE}
+    running = [t.number for t in before.trials if t.state == TrialState.RUNNING]
+    assert done_before and running
+
+    result = pipeline.run(spec, store=sqlite_url, quiet=True, until="search")
+    trials = pd.read_csv(result.root / "search" / "trials.csv")
+    finished = trials[trials["state"] == "COMPLETE"]
+    assert len(finished) == 4  # exactly the trials asked for
+    for number, params in done_before.items():  # finished trials were kept, not rerun
+        assert trials.loc[trials["number"] == number, "state"].item() == "COMPLETE"
+        assert trials.loc[trials["number"] == number, "params_lr"].item() == pytest.approx(params["lr"])
+    assert set(trials.loc[trials["number"].isin(running), "state"]) == {"FAIL"}
+    assert not journal.parent.exists()  # the finished step's state is cleaned up

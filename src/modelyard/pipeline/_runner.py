@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -214,9 +215,12 @@ class Runner:
 
         exe_id = self.store.start_execution(run_id, step.name, cache_key=key, code_version=step.code_version(),
                                             config=config)
+        # Keyed by the cache key: a re-run of the same step on the same inputs finds what the
+        # interrupted one left (a search's study) and resumes it.
+        state_dir = self.runs_dir / ".state" / f"{step.folder.replace('/', '-')}-{key[:16]}"
         ctx = StepContext(step=step, store=artifacts, run_id=run_id,
                           input_paths={role: Path(a.uri) for role, a in inputs.items()},
-                          make_progress=r.bar)
+                          make_progress=r.bar, state_dir=state_dir)
         try:
             step.run(ctx)
             if not ctx.outputs:
@@ -238,6 +242,7 @@ class Runner:
                                               figures=figures, seconds=seconds)
         for rec in records:
             produced[f"{step.name}:{rec.name.removeprefix(step.folder + '/')}"] = rec
+        shutil.rmtree(state_dir, ignore_errors=True)  # finished: its outputs are recorded and cached
         r.line(f"  [green]✓[/green] {step.name:<14} {seconds:6.1f}s · {step.summary(ctx.figures)}")
         return StepResult(step.name, "ran", seconds, exe_id, None, figures)
 

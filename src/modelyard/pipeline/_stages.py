@@ -184,10 +184,17 @@ class SearchStep(Step):
         objectives = cfg["objectives"] or (["rmse"] if schema.task == "regression" else ["accuracy"])
         base = model_config_class(family).model_validate({"seed": cfg["seed"], **cfg["base"]})
         bar = ctx.progress(f"searching {family} ({cfg['strategy']}, {cfg['workers']} worker(s))", cfg["trials"])
+        storage, study_name = cfg["storage"], cfg["study_name"]
+        if storage is None and ctx.state_dir is not None:
+            # A journal beside the runs, keyed by this step's cache key: a run interrupted
+            # mid-search is resumed by the next run of the same spec (finished trials kept).
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            storage = str(ctx.state_dir / "study.journal")
+            study_name = study_name or "search"
         result = mysearch.run(
             cfg["space"] or family, data, family=family, strategy=cfg["strategy"], trials=cfg["trials"],
-            objectives=tuple(objectives), early_stopping=cfg["early_stopping"], storage=cfg["storage"],
-            study_name=cfg["study_name"], seed=cfg["seed"], workers=cfg["workers"], timeout=cfg["timeout"],
+            objectives=tuple(objectives), early_stopping=cfg["early_stopping"], storage=storage,
+            study_name=study_name, seed=cfg["seed"], workers=cfg["workers"], timeout=cfg["timeout"],
             base_config=base,
         )
         bar(completed=cfg["trials"])

@@ -110,6 +110,7 @@ class StepContext:
     run_id: str
     input_paths: dict[str, Path]
     make_progress: ProgressFactory
+    state_dir: Path | None = None  # survives an interrupted run: a resumable step keeps its progress here
     outputs: dict[str, Path] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from modelyard.search._space import SPACES, SearchSpace, check_config_fields, to
 from modelyard.search._strategies import BaseSearchStrategy, resolve_strategy
 from modelyard.search._worker import (
     StorageSpec,
+    WORKER_KEY,
     WorkerJob,
     _instance_state,
     open_storage,
@@ -442,6 +445,40 @@ def run(
     )
 
 
+def retry_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials whose process on this host has died (storages without heartbeat).
+
+    A journal file has no heartbeat, so a trial of a killed process would stay RUNNING
+    forever. Each trial records the host and pid running it; a resumed search fails
+    those of dead local processes and queues a copy with the same parameters.
+
+    Returns
+    -------
+    list of int
+        Numbers of the trials failed.
+    """
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.system_attrs.get(WORKER_KEY)
+        if not worker or worker.get("host") != host or _alive(int(worker["pid"])):
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(dict(t.params))
+        failed.append(t.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _enqueue_missing(study: optuna.Study, trials: int) -> None:
     """Queue WAITING trials until finished + queued + running = ``trials`` (exact count, resumable)."""
     from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -452,6 +489,8 @@ def _enqueue_missing(study: optuna.Study, trials: int) -> None:
             optuna.storages.fail_stale_trials(
                 study
             )  # a previous run's dead trials come back as retries
+    else:
+        retry_dead_local_trials(study)
     counted = (
         TrialState.COMPLETE,
         TrialState.PRUNED,
