@@ -1,7 +1,21 @@
-"""Compression and export: ONNX export with parity checks (pruning and quantization come later)."""
+"""Compression and export: ONNX export with parity checks, and measurement of model variants where they are served."""
 
 from modelyard.compress._export import ONNX_EXPORTERS, ExportResult, export_onnx
+from modelyard.compress._measure import Latency, Measurement, compare, file_sizes, measure, session_latency
 from modelyard.compress._onnx_frontend import with_raw_inputs
 from modelyard.compress._tree_onnx import hgb_to_onnx, sklearn_to_onnx
 
-__all__ = ["ONNX_EXPORTERS", "ExportResult", "export_onnx", "hgb_to_onnx", "sklearn_to_onnx", "with_raw_inputs"]
+__all__ = [
+    "ONNX_EXPORTERS",
+    "ExportResult",
+    "Latency",
+    "Measurement",
+    "compare",
+    "export_onnx",
+    "file_sizes",
+    "hgb_to_onnx",
+    "measure",
+    "session_latency",
+    "sklearn_to_onnx",
+    "with_raw_inputs",
+]
