@@ -214,10 +214,12 @@ def export_onnx(
         A predictor whose type (or a base of it) has an exporter in :data:`ONNX_EXPORTERS`.
     path : str or os.PathLike
         Destination, ending in ``.onnx``; written atomically, and only if parity holds.
-    sample : pandas.DataFrame
+    sample : pandas.DataFrame or numpy.ndarray
         Raw rows (the feature columns; the target and sensitive columns may be present)
         on which ONNX Runtime and the predictor must agree. Include rows with missing
-        values and unseen categories to check those paths too.
+        values and unseen categories to check those paths too. For an
+        :class:`~modelyard.models.ImagePredictor`: uint8 images ``(N, C, H, W)``; the
+        model then takes one input ``image`` float32 ``[N, C, H, W]`` in ``[0, 1]``.
     atol : float, default=1e-5
         Largest allowed absolute difference of probabilities (classifiers). For
         regression the bound is ``atol * max(1, max |prediction|)``: predictions are in
@@ -237,6 +239,10 @@ def export_onnx(
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"export_onnx writes .onnx files; got {str(path)!r}. Name it e.g. 'model.onnx'.")
+    from modelyard.models._image import ImagePredictor
+
+    if isinstance(predictor, ImagePredictor):
+        return _export_image(predictor, path, sample, atol)
     if not isinstance(sample, pd.DataFrame) or len(sample) == 0:
         raise ValueError("export_onnx needs a non-empty DataFrame `sample` of raw rows to check parity on.")
     if not (isinstance(atol, (int, float)) and atol >= 0):
@@ -280,3 +286,56 @@ def export_onnx(
     atomic_write_bytes(path, data)
     opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
     return ExportResult(path=path, max_abs_diff=diff, n_rows=len(sample), opset=opset)
+
+
+def _export_image(predictor: Any, path: Path, sample: Any, atol: float) -> ExportResult:
+    """Export an image classifier: input ``image`` float32 ``[N, C, H, W]`` in [0, 1], output ``probabilities``."""
+    import json
+
+    from modelyard import __version__
+    from modelyard.models._image import IMAGE_INPUT, IMAGE_KEY, OnnxImagePredictor, as_pixels
+
+    if not (isinstance(atol, (int, float)) and atol >= 0):
+        raise ValueError(f"atol must be a number >= 0; got {atol!r}.")
+    pixels = as_pixels(sample, predictor.image_shape)
+    if len(pixels) == 0:
+        raise ValueError("export_onnx needs a non-empty array of sample images to check parity on.")
+
+    class _Softmax(nn.Module):
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.module(x), dim=1)  # (N, n_classes)
+
+    module = predictor.module
+    was_training = module.training
+    module.eval()
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _Softmax(module), (pixels[:2],), buffer, input_names=[IMAGE_INPUT], output_names=[OUTPUT_NAMES[0]],
+                dynamic_axes={IMAGE_INPUT: {0: "N"}, OUTPUT_NAMES[0]: {0: "N"}}, opset_version=TORCH_OPSET,
+                dynamo=False,
+            )
+    finally:
+        module.train(was_training)
+    model = onnx.load_from_string(buffer.getvalue())
+    info = {"classes": list(predictor.classes), "image_shape": list(predictor.image_shape)}
+    for key, value in ((IMAGE_KEY, json.dumps(info)), ("modelyard.version", __version__),
+                       ("modelyard.source", type(predictor).__name__)):
+        model.metadata_props.add(key=key, value=value)
+    data = model.SerializeToString()
+    served = OnnxImagePredictor(data)
+    expected, got = predictor.predict_proba(pixels), served.predict_proba(pixels)
+    diff = float(np.max(np.abs(expected - got)))
+    if not diff <= atol:
+        raise ModelFormatError(
+            f"ONNX export of {type(predictor).__name__} failed the parity check: max |onnx - source| = {diff:.3g} "
+            f"on {len(pixels)} sample images exceeds atol={atol:g}; nothing was written to {path}."
+        )
+    atomic_write_bytes(path, data)
+    return ExportResult(path=path, max_abs_diff=diff, n_rows=len(pixels), opset=TORCH_OPSET)

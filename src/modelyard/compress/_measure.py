@@ -184,8 +184,9 @@ def measure(
     model : path
         An ONNX file written by :func:`modelyard.compress.export_onnx` (raw-column inputs,
         schema in its metadata) or by a compression step.
-    split : TabularSplit or pandas.DataFrame
-        Rows with the features, the target and the slice columns.
+    split : TabularSplit, pandas.DataFrame or ImageSplit
+        Rows with the features, the target and the slice columns; or labelled images
+        (then the metrics are accuracy and log-loss by default, sliced by true class).
     name : str or None, default=None
         The variant's name; the file name without suffix if None.
     slices : list, default=()
@@ -211,7 +212,7 @@ def measure(
     ValueError
         A batch size or the thread count is not a positive integer, or the split has no rows.
     """
-    from modelyard.data import TabularSplit
+    from modelyard.data import ImageSplit, TabularSplit
     from modelyard.evaluate import evaluate_predictor
     from modelyard.models import OnnxPredictor
 
@@ -221,15 +222,20 @@ def measure(
         raise ValueError(f"batch_sizes must be positive integers; got {list(batch_sizes)}.")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer; got {threads!r}.")
-    predictor = OnnxPredictor(path)  # checks the file and its schema
-    frame = split.frame if isinstance(split, TabularSplit) else split
-    if not isinstance(frame, pd.DataFrame) or frame.empty:
-        raise ValueError("measure needs a TabularSplit or DataFrame with at least one row to time and score.")
-    report = evaluate_predictor(predictor, frame, slices=list(slices), metrics=metrics)
-    X = frame[predictor.feature_names]
+    if isinstance(split, ImageSplit):
+        overall, by_slice, feeds = _score_images(path, split, metrics, batch_sizes)
+    else:
+        predictor = OnnxPredictor(path)  # checks the file and its schema
+        frame = split.frame if isinstance(split, TabularSplit) else split
+        if not isinstance(frame, pd.DataFrame) or frame.empty:
+            raise ValueError("measure needs a TabularSplit or DataFrame with at least one row to time and score.")
+        report = evaluate_predictor(predictor, frame, slices=list(slices), metrics=metrics)
+        overall = dict(report.overall)
+        by_slice = {s: {g: dict(v) for g, v in table.items()} for s, table in report.by_slice.items()}
+        X = frame[predictor.feature_names]
+        feeds = {b: _batch_feeds(predictor, X, b) for b in batch_sizes}
     session = _session(path, threads)
-    latency = {b: session_latency(session, _batch_feeds(predictor, X, b), warmup=warmup, repeats=repeats)
-               for b in batch_sizes}
+    latency = {b: session_latency(session, feeds[b], warmup=warmup, repeats=repeats) for b in batch_sizes}
     size, gz = file_sizes(path)
     return Measurement(
         name=name or path.stem,
@@ -237,10 +243,34 @@ def measure(
         size_bytes=size,
         gzip_bytes=gz,
         latency=latency,
-        overall=dict(report.overall),
-        by_slice={s: {g: dict(v) for g, v in table.items()} for s, table in report.by_slice.items()},
+        overall=overall,
+        by_slice=by_slice,
         threads=threads,
     )
+
+
+def _score_images(
+    path: Path, split: Any, metrics: Sequence[str] | None, batch_sizes: Sequence[int]
+) -> tuple[dict[str, float], dict[str, Any], dict[int, dict[str, np.ndarray]]]:
+    """Metrics overall and per true class of an image model, and its latency feeds."""
+    from modelyard.evaluate import METRICS
+    from modelyard.models import OnnxImagePredictor
+
+    predictor = OnnxImagePredictor(path)
+    if len(split) == 0:
+        raise ValueError("measure needs an ImageSplit with at least one image to time and score.")
+    proba = np.concatenate([predictor.predict_proba(split.x[lo : lo + 4096]) for lo in range(0, len(split), 4096)])
+    names = list(metrics) if metrics is not None else ["accuracy", "log_loss"]
+    overall = {"count": float(len(split)), **{m: float(METRICS.get(m)(split.y, proba)) for m in names}}
+    per_class: dict[str, dict[str, float]] = {}
+    for k, label in enumerate(predictor.classes):
+        rows = split.y == k
+        if rows.any():
+            per_class[label] = {"count": float(rows.sum()),
+                                "accuracy": float((proba[rows].argmax(axis=1) == k).mean())}
+    pixels = predictor.feeds(split.x[: max(batch_sizes)])["image"]
+    feeds = {b: {"image": pixels[np.arange(b) % len(pixels)]} for b in batch_sizes}
+    return overall, {"class": per_class}, feeds
 
 
 def compare(

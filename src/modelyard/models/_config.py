@@ -199,3 +199,37 @@ class GBMConfig(BaseModel):
         ge=0,
         description="Random state (feature subsampling when max_features < 1); fixed so fits are reproducible.",
     )
+
+
+class ImageNetConfig(BaseModel):
+    """An image classifier (an MLP on the pixels, or a small CNN) and its training (frozen; unknown fields are errors).
+
+    Defaults: a CNN of two conv stages (32 and 64 channels of 3x3 convolutions, each
+    followed by ReLU and 2x2 max pooling) and a 128-unit dense layer. On Fashion-MNIST
+    (54,000 training images) four epochs gave 0.907 test accuracy (about 90 s on one
+    thread of a busy 2-core machine).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["cnn", "mlp"] = Field(
+        default="cnn",
+        description="'cnn': conv stages then dense layers; 'mlp': dense layers on the flattened pixels.",
+    )
+    channels: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        default=(32, 64),
+        description="Output channels of each conv stage (cnn only): conv kernel_size x kernel_size, ReLU, 2x2 max pool.",
+    )
+    kernel_size: int = Field(default=3, ge=1, description="Side of every convolution kernel (odd keeps the size).")
+    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        default=(128,),
+        description="Dense layers after the conv stages (cnn) or on the pixels (mlp), each followed by ReLU "
+        "and dropout. The int8 benchmark's MLP is arch='mlp', hidden_sizes=(2048, 2048).",
+    )
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="Dropout after every dense hidden layer.")
+    batch_size: int = Field(default=128, ge=1, description="Images per optimizer step.")
+    lr: float = Field(default=1e-3, gt=0.0, description="AdamW learning rate.")
+    weight_decay: float = Field(default=1e-4, ge=0.0, description="AdamW's decoupled weight decay.")
+    max_epochs: int = Field(default=10, ge=1, description="Upper bound on passes over the training images.")
+    patience: int = Field(default=3, ge=1, description="Epochs without a lower validation loss before stopping.")
+    seed: int = Field(default=0, ge=0, description="Seeds initialization, shuffling and dropout.")

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -44,6 +45,8 @@ MODEL_FAMILIES: Registry[type[TabularModule]] = Registry("model family", Tabular
 MODEL_FAMILIES.register("mlp")(TabularMLP)
 
 FORMAT = "modelyard"
+#: The family name stored for image classifiers (:class:`~modelyard.models.ImagePredictor`).
+IMAGE_FAMILY = "image"
 _META_KEYS = ("format", "family", "config", "schema", "modelyard_version", "weights_sha256")
 _RETRAIN = "re-run the training step to write it again"
 
@@ -72,13 +75,18 @@ def save_torch(predictor: TorchPredictor, path: str | os.PathLike[str]) -> Path:
     pathlib.Path
         The path written.
     """
-    from modelyard import __version__
+    from modelyard.models._image import ImagePredictor
 
-    if not isinstance(predictor, TorchPredictor):
-        raise TypeError(f"save_torch saves a TorchPredictor; got {type(predictor).__name__}. Export others to ONNX.")
+    if not isinstance(predictor, (TorchPredictor, ImagePredictor)):
+        raise TypeError(
+            f"save_torch saves a TorchPredictor or ImagePredictor; got {type(predictor).__name__}. Export others to ONNX."
+        )
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_torch writes .safetensors files; got {str(path)!r}. Name it e.g. 'model.safetensors'.")
+    if isinstance(predictor, ImagePredictor):
+        info = {"classes": list(predictor.classes), "image_shape": list(predictor.image_shape)}
+        return _write(predictor.module, path, IMAGE_FAMILY, predictor.config.model_dump_json(), info)
     family = predictor.family
     if family not in MODEL_FAMILIES or not isinstance(predictor.module, MODEL_FAMILIES.get(family)):
         raise ValueError(
@@ -91,12 +99,18 @@ def save_torch(predictor: TorchPredictor, path: str | os.PathLike[str]) -> Path:
             f"The predictor's config must be a {config_class.__name__} to be saved; "
             f"got {type(predictor.config).__name__}."
         )
-    tensors = {k: v.detach().cpu().contiguous() for k, v in predictor.module.state_dict().items()}
+    return _write(predictor.module, path, family, predictor.config.model_dump_json(), predictor.schema.to_dict())
+
+
+def _write(module: torch.nn.Module, path: Path, family: str, config_json: str, schema: dict) -> Path:
+    from modelyard import __version__
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "family": family,
-        "config": predictor.config.model_dump_json(),
-        "schema": json.dumps(predictor.schema.to_dict(), sort_keys=True),
+        "config": config_json,
+        "schema": json.dumps(schema, sort_keys=True),
         "modelyard_version": __version__,
         "weights_sha256": _digest(tensors),
     }
@@ -121,7 +135,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         raise FileNotFoundError(f"Model file {path} does not exist; check the path or {_RETRAIN}.")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxPredictor(path)
+        return _load_onnx(path)
     if suffix != ".safetensors":
         raise ModelFormatError(
             f"Cannot load {path}: expected a .safetensors (torch weights) or .onnx file, "
@@ -146,6 +160,8 @@ def _load_torch(path: Path) -> TorchPredictor:
             f"save it with modelyard.models.save_torch, or {_RETRAIN}."
         )
     family = metadata["family"]
+    if family == IMAGE_FAMILY:
+        return _load_image(path, metadata, unreadable)
     if family not in MODEL_FAMILIES:
         raise ModelFormatError(
             f"{path} holds model family {family!r}, unknown to this modelyard (known: {MODEL_FAMILIES.names()}); "
@@ -157,6 +173,13 @@ def _load_torch(path: Path) -> TorchPredictor:
         schema = Schema.from_dict(json.loads(metadata["schema"]))
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path} has an invalid config or schema in its metadata; {_RETRAIN}.") from exc
+    tensors = _read_tensors(path, metadata, unreadable)
+    module = cls.build(schema, config)
+    _load_state(module, tensors, path, family)
+    return TorchPredictor(module, schema, config=config)
+
+
+def _read_tensors(path: Path, metadata: dict[str, str], unreadable: str) -> dict[str, torch.Tensor]:
     try:
         tensors = safetensors.torch.load_file(str(path))
     except Exception as exc:
@@ -165,7 +188,11 @@ def _load_torch(path: Path) -> TorchPredictor:
         raise ModelFormatError(
             f"{path} is corrupted: its tensors do not match the checksum recorded when it was saved; {_RETRAIN}."
         )
-    module = cls.build(schema, config)
+    return tensors
+
+
+def _load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, family: str) -> None:
+    """Load ``tensors`` into ``module`` after checking names, shapes and dtypes (one clear error)."""
     expected = module.state_dict()
     problems = [f"missing {k!r}" for k in expected if k not in tensors]
     problems += [f"unexpected {k!r}" for k in tensors if k not in expected]
@@ -179,4 +206,32 @@ def _load_torch(path: Path) -> TorchPredictor:
         raise ModelFormatError(f"{path} holds tensors that do not match its {family} config ({shown}); {_RETRAIN}.")
     module.load_state_dict(tensors, strict=True)
     module.eval()
-    return TorchPredictor(module, schema, config=config)
+
+
+def _load_image(path: Path, metadata: dict[str, str], unreadable: str) -> Any:
+    from modelyard.models._config import ImageNetConfig
+    from modelyard.models._image import ImageNet, ImagePredictor
+
+    try:
+        config = ImageNetConfig.model_validate_json(metadata["config"])
+        info = json.loads(metadata["schema"])
+        classes, shape = list(info["classes"]), tuple(int(v) for v in info["image_shape"])
+    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFormatError(f"{path} has an invalid config or image info in its metadata; {_RETRAIN}.") from exc
+    tensors = _read_tensors(path, metadata, unreadable)
+    module = ImageNet(shape, len(classes), config)
+    _load_state(module, tensors, path, IMAGE_FAMILY)
+    return ImagePredictor(module, classes, config)
+
+
+def _load_onnx(path: Path) -> Any:
+    """An :class:`OnnxPredictor` (tabular) or :class:`OnnxImagePredictor`, by the model's metadata."""
+    from modelyard.models._image import IMAGE_KEY, OnnxImagePredictor
+
+    try:
+        import onnx
+
+        keys = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 - not parseable: OnnxPredictor raises the clear error
+        keys = set()
+    return OnnxImagePredictor(path) if IMAGE_KEY in keys else OnnxPredictor(path)

@@ -1,4 +1,4 @@
-"""A seeded, deterministic trainer for torch modules that take encoded tabular columns."""
+"""A seeded, deterministic trainer for torch modules on tabular columns or images."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from modelyard.data._schema import encode_frame
+from modelyard.data._image import ImageSplit
 from modelyard.data._tabular import TabularSplit
 from modelyard.errors import SchemaMismatchError
 
 __all__ = ["Trainer", "EpochCallback"]
+
+Split = TabularSplit | ImageSplit
 
 #: ``callback(epoch, max_epochs, logs)``: called after every epoch (``epoch`` counts from 1).
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -128,17 +131,19 @@ class Trainer:
             raise TypeError(f"Trainer callback must be callable(epoch, max_epochs, logs); got {self.callback!r}.")
 
     # -- fitting ------------------------------------------------------------------------
-    def fit(self, module: nn.Module, train: TabularSplit, valid: TabularSplit) -> Trainer:
+    def fit(self, module: nn.Module, train: Split, valid: Split) -> Trainer:
         """Train ``module`` in place on ``train``, early-stopping on ``valid``.
 
         Parameters
         ----------
         module : torch.nn.Module
-            Takes ``(x_num, x_cat)`` as encoded by :func:`modelyard.data.encode_frame`
-            and returns logits ``(B, n_classes)`` or values ``(B,)``.
-        train, valid : TabularSplit
+            For tabular splits, takes ``(x_num, x_cat)`` as encoded by
+            :func:`modelyard.data.encode_frame`; for image splits, one float32 batch
+            ``(B, C, H, W)`` of pixels scaled to ``[0, 1]``. Returns logits
+            ``(B, n_classes)`` or values ``(B,)``.
+        train, valid : TabularSplit or ImageSplit
             Training rows and the validation rows that decide early stopping; both
-            must share one schema.
+            must share one schema (tabular) or image shape (images).
 
         Returns
         -------
@@ -146,18 +151,15 @@ class Trainer:
             ``self``, with the fitted attributes set; ``module`` holds the best weights.
         """
         self._check_params()
-        if train.schema != valid.schema:
-            raise SchemaMismatchError(
-                "The train and valid splits have different schemas; split one data set so they share its schema."
-            )
+        _check_pair(train, valid)
         if len(train) == 0 or len(valid) == 0:
             raise ValueError(
                 f"Training needs rows in both splits; got {len(train)} train and {len(valid)} valid rows."
             )
         start = time.perf_counter()
-        classify = train.schema.task != "regression"
-        xn_tr, xc_tr, y_tr = _tensors(train, classify)
-        xn_va, xc_va, y_va = _tensors(valid, classify)
+        classify = _classify(train)
+        x_tr, y_tr = _tensors(train, classify)
+        x_va, y_va = _tensors(valid, classify)
 
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -177,14 +179,14 @@ class Trainer:
                 total = 0.0
                 for lo in range(0, n, self.batch_size):
                     idx = order[lo : lo + self.batch_size]  # (b,)
-                    out = module(xn_tr[idx], xc_tr[idx])  # (b, n_classes) or (b,)
+                    out = module(*(x[idx] for x in x_tr))  # (b, n_classes) or (b,)
                     loss = _loss(out, y_tr[idx], classify)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     total += float(loss.detach()) * len(idx)
                 train_loss = total / n
-                valid_loss, valid_acc = self._evaluate(module, xn_va, xc_va, y_va, classify)
+                valid_loss, valid_acc = self._evaluate(module, x_va, y_va, classify)
                 history["train_loss"].append(train_loss)
                 history["valid_loss"].append(valid_loss)
                 logs = {"train_loss": train_loss, "valid_loss": valid_loss}
@@ -219,25 +221,25 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(
-        self, module: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, y: torch.Tensor, classify: bool
+        self, module: nn.Module, xs: tuple[torch.Tensor, ...], y: torch.Tensor, classify: bool
     ) -> tuple[float, float]:
         """Mean loss (summed in float64 over batches) and accuracy, in eval mode."""
         module.eval()
         loss_sum, correct = 0.0, 0
         for lo in range(0, len(y), self.eval_batch_size):
             sl = slice(lo, lo + self.eval_batch_size)
-            out = module(x_num[sl], x_cat[sl])  # (b, n_classes) or (b,)
+            out = module(*(x[sl] for x in xs))  # (b, n_classes) or (b,)
             loss_sum += float(_loss(out, y[sl], classify, reduction="sum"))
             if classify:
                 correct += int((out.argmax(dim=1) == y[sl]).sum())
         return loss_sum / len(y), (correct / len(y) if classify else math.nan)
 
-    def evaluate(self, module: nn.Module, split: TabularSplit) -> dict[str, float]:
+    def evaluate(self, module: nn.Module, split: Split) -> dict[str, float]:
         """Loss (and accuracy for classifiers) of ``module`` on ``split``, as computed during :meth:`fit`."""
         self._check_params()
-        classify = split.schema.task != "regression"
-        x_num, x_cat, y = _tensors(split, classify)
-        loss, acc = self._evaluate(module, x_num, x_cat, y, classify)
+        classify = _classify(split)
+        xs, y = _tensors(split, classify)
+        loss, acc = self._evaluate(module, xs, y, classify)
         return {"loss": loss, "accuracy": acc} if classify else {"loss": loss}
 
     def __repr__(self) -> str:
@@ -259,10 +261,39 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _tensors(split: TabularSplit, classify: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _classify(split: Split) -> bool:
+    return isinstance(split, ImageSplit) or split.schema.task != "regression"
+
+
+def _check_pair(train: Split, valid: Split) -> None:
+    if type(train) is not type(valid) or not isinstance(train, (TabularSplit, ImageSplit)):
+        raise TypeError(
+            f"train and valid must both be TabularSplit or both ImageSplit; got {type(train).__name__} "
+            f"and {type(valid).__name__}."
+        )
+    if isinstance(train, TabularSplit) and train.schema != valid.schema:
+        raise SchemaMismatchError(
+            "The train and valid splits have different schemas; split one data set so they share its schema."
+        )
+    if isinstance(train, ImageSplit) and train.image_shape != valid.image_shape:
+        raise SchemaMismatchError(
+            f"The train images are {train.image_shape} and the valid ones {valid.image_shape}; "
+            "use splits of one image data set."
+        )
+
+
+def image_tensor(x: np.ndarray) -> torch.Tensor:
+    """uint8 pixels ``(N, C, H, W)`` as float32 in ``[0, 1]``: what image modules take."""
+    return torch.from_numpy(x).to(torch.float32).div_(255.0)
+
+
+def _tensors(split: Split, classify: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The module's inputs and the targets of a split."""
+    if isinstance(split, ImageSplit):
+        return (image_tensor(split.x),), torch.from_numpy(split.y.copy())
     x_num, x_cat = encode_frame(split.X, split.schema)
     y = torch.from_numpy(np.array(split.y, dtype=np.int64 if classify else np.float32))  # a writable copy
-    return torch.from_numpy(x_num), torch.from_numpy(x_cat), y
+    return (torch.from_numpy(x_num), torch.from_numpy(x_cat)), y
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, classify: bool, reduction: str = "mean") -> torch.Tensor:
