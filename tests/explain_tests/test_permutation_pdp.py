@@ -61,7 +61,7 @@ def test_permutation_importance_equals_scikit_learn(fitted, ours: str, theirs: s
 
 
 def test_a_feature_the_model_ignores_has_zero_importance(fitted) -> None:
-    est, X, y = fitted
+    _, X, y = fitted
     model = Wrapped(LogisticRegression().fit(X[["x1", "x2"]], y), ["x1", "x2"])
     model.feature_names = ["x1", "x2", "noise"]  # takes noise, never reads it
     model.predict_proba = lambda frame: model.estimator.predict_proba(frame[["x1", "x2"]])
