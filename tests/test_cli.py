@@ -148,3 +148,50 @@ def test_search_command_needs_a_search_section(tmp_path: Path) -> None:
     proc = modelyard("search", "spec.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert one_line_error(proc).startswith("error: The spec has no 'search' step")
+
+
+def test_automl_command_end_to_end(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from modelyard.models import OnnxPredictor
+
+    make_csv(tmp_path / "people.csv", n=600)
+    proc = modelyard("automl", "people.csv", "--target", "label", "--time-budget", "3", "--families", "linear,gbm",
+                     "--ensemble", "weighted", "--out", "am", "--seed", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "am"
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    assert "Leaderboard" in proc.stdout and "ensemble (weighted" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["automl.json", "best_model.onnx", "ensemble.onnx",
+                                                      "leaderboard.csv"]
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert {"linear", "gbm", "ensemble"} == set(board["family"]) and board["rank"].tolist()[0] == 1
+    summary = json.loads((out / "automl.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["seed"] == 1 and summary["files"]["model"] == "ensemble.onnx"
+    served = OnnxPredictor(out / "ensemble.onnx")
+    frame = pd.read_csv(tmp_path / "people.csv").head(20)
+    assert served.predict_proba(frame).shape == (20, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["missing.csv", "--target", "label"], 1, "error: Data file missing.csv does not exist"),
+        (["people.csv", "--target", "income_class"], 1,
+         "error: Target column 'income_class' does not exist. Columns are: ['age', 'income', 'group', 'sex', 'label']."),
+        (["people.csv"], 2, "error: --target is required for a file (people.csv)"),
+        (["people.csv", "--target", "label", "--families", "linear,xgb"], 2,
+         "error: Unknown model family 'xgb' for automl; use one of ['linear', 'gbm', 'mlp']."),
+        (["people.csv", "--target", "label", "--time-budget", "0"], 2,
+         "error: The time budget (time_budget, --time-budget) must be a positive number of seconds; got 0.0."),
+        (["nosuchset", "--target", "y"], 1, "error: 'nosuchset' is neither an existing file nor a built-in data set"),
+    ],
+)
+def test_automl_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], code: int,
+                                                         message: str) -> None:
+    make_csv(tmp_path / "people.csv", n=100)
+    proc = modelyard("automl", *args, "--out", "am", cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    assert one_line_error(proc).startswith(message)
+    assert not (tmp_path / "am").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people.csv"]

@@ -127,6 +127,132 @@ def search_cmd(
     typer.echo(str(result.root))
 
 
+@app.command("automl")
+def automl_cmd(
+    data: Annotated[str, typer.Argument(help="A CSV or Parquet file, or a built-in tabular data set (adult, compas).")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target column (required for a file).")] = None,
+    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds shared by the families' searches.")] = 60.0,
+    families: Annotated[str, typer.Option("--families", help="Comma-separated families to tune: linear, gbm, mlp.")]
+    = "linear,gbm,mlp",
+    ensemble: Annotated[str, typer.Option("--ensemble", help="weighted (Caruana ensemble selection), stacked "
+                                          "(linear meta-model) or none.")] = "weighted",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric to rank and ensemble by; "
+                                                  "default accuracy (classifiers) or rmse.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="Search strategy of every family.")] = "tpe",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for leaderboard.csv, automl.json and the "
+                                      "ONNX models.")] = Path("automl"),
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the split, the samplers and the models.")] = 0,
+    test: Annotated[Optional[float], typer.Option("--test", help="Test fraction; default 0.2 for a file, the "
+                                                  "official test file for a built-in set that has one.")] = None,
+    valid: Annotated[float, typer.Option("--valid", help="Validation fraction (ranks and ensembles models).")] = 0.1,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="A column never used as a feature "
+                                                      "(repeat for several).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+) -> None:
+    """Tune linear, gradient-boosting and MLP models within a time budget, ensemble the best, print a leaderboard.
+
+    Every family is searched in turn within its share of --time-budget (linear 1, gbm 2,
+    mlp 2; unused time rolls over). The best few models of each family are combined:
+    weighted (Caruana ensemble selection on the validation split), stacked (a logistic /
+    linear meta-model, cross-fitted on the validation split) or none. Trials are ranked
+    on the validation split; the test split is scored once at the end.
+
+    Writes to OUT: leaderboard.csv (every finished trial and the ensemble), automl.json
+    (budget, families, best model, ensemble members and weights, test figures),
+    best_model.onnx and ensemble.onnx (one ONNX graph holding every member), each
+    parity-checked against the in-memory model. Nothing is written on bad input.
+    """
+    from modelyard import data as mydata
+    from modelyard.errors import DataError
+    from modelyard.search._automl import automl, check_automl_args
+
+    names = [f.strip() for f in families.split(",") if f.strip()]
+    check_automl_args(names, time_budget, ensemble, strategy)
+    if not 0 < valid < 1:
+        raise SpecError(f"--valid must be a fraction between 0 and 1; got {valid!r}.")
+    is_file = data.lower().endswith((".csv", ".tsv", ".gz", ".bz2", ".xz", ".parquet", ".pq")) or "/" in data \
+        or Path(data).is_file()
+    if is_file:
+        if not target:
+            raise SpecError(f"--target is required for a file ({data}); name the column to predict.")
+        reader = mydata.from_parquet if data.lower().endswith((".parquet", ".pq")) else mydata.from_csv
+        dataset = reader(data, target=target, drop=drop or (), valid=valid, test=0.2 if test is None else test,
+                         seed=seed)
+    else:
+        if data not in mydata.DATASETS:
+            raise DataError(f"{data!r} is neither an existing file nor a built-in data set; built-ins: "
+                            f"{mydata.DATASETS.names()}.")
+        dataset = mydata.load(data, valid=valid, test=test, seed=seed)
+        if not isinstance(dataset, mydata.TabularData):
+            raise DataError(f"{data!r} is an image data set; automl tunes tabular models. Give a CSV, Parquet "
+                            "or tabular built-in data set.")
+        if target and target != dataset.schema.target:
+            raise DataError(f"Built-in data set {data!r} has target {dataset.schema.target!r}, not {target!r}; "
+                            "drop --target.")
+        if drop:
+            import dataclasses
+
+            missing = [c for c in drop if c not in dataset.schema.feature_names]
+            if missing:
+                raise DataError(f"--drop names unknown feature columns {missing}; features are "
+                                f"{dataset.schema.feature_names}.")
+            features = tuple(c for c in dataset.schema.features if c.name not in drop)
+            dataset.schema = dataclasses.replace(dataset.schema, features=features)
+            for split in dataset.splits.values():
+                split.schema = dataset.schema
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _console()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), console=Console(stderr=True, highlight=False), transient=True,
+                        disable=quiet)
+    with progress:
+        task = progress.add_task(f"automl · {', '.join(names)}", total=time_budget, info="")
+
+        def on_event(event: dict[str, Any]) -> None:
+            best = event.get("best")
+            info = f"{event['family']}" + (f" · best {best:.4f}" if isinstance(best, float) else "")
+            progress.update(task, completed=min(event["elapsed"], time_budget), info=info)
+
+        result = automl(dataset, families=names, time_budget=time_budget, strategy=strategy, metric=metric,
+                        ensemble=ensemble, seed=seed, progress=on_event)  # type: ignore[arg-type]
+        progress.update(task, completed=time_budget, info="exporting to ONNX")
+        files = result.save(out)
+    if not quiet:
+        import pandas as pd
+        from rich.table import Table
+
+        board = result.leaderboard.head(10)
+        wide = console.width >= 110
+        table = Table(title=f"Leaderboard (top {len(board)} of {len(result.leaderboard)})", title_justify="left")
+        columns = ["rank", "model", f"valid_{result.metric}", f"test_{result.metric}", "fit_seconds"]
+        for col in columns:
+            table.add_column(col.replace("_", " "), justify="left" if col == "model" else "right", no_wrap=True)
+        if wide:
+            table.add_column("params", overflow="ellipsis", no_wrap=True, max_width=console.width - 70)
+        for row in board.to_dict(orient="records"):
+            cells = [f"{row[c]:.4f}" if isinstance(row[c], float) and not pd.isna(row[c])
+                     else ("–" if pd.isna(row[c]) else str(row[c])) for c in columns]
+            if columns[-1] == "fit_seconds" and not pd.isna(row["fit_seconds"]):
+                cells[-1] = f"{row['fit_seconds']:.2f}"
+            table.add_row(*cells, *([str(row["params"])] if wide else []))
+        console.print(table)
+        s = result.summary
+        best = s["best"]
+        line = f"best single model {best['model']}: valid {result.metric} {best['valid']:.4f}"
+        if best.get("test") is not None:
+            line += f", test {best['test']:.4f}"
+        console.print(line)
+        if s.get("ensemble"):
+            e = s["ensemble"]
+            line = f"ensemble ({e['method']}, {len(e['members'])} members): valid {result.metric} {e['valid']:.4f}"
+            if e.get("test") is not None:
+                line += f", test {e['test']:.4f}"
+            console.print(line)
+    typer.echo(str(files["automl.json"].parent.resolve()))
+
+
 @runs_app.command("list")
 def runs_list(
     store: StoreOption = None,

@@ -30,7 +30,7 @@ from modelyard.errors import SpecError
 
 __all__ = [
     "PipelineSpec", "DataSpec", "SplitSpec", "TrainSpec", "SelectSpec", "BucketSlice", "EvaluateSpec",
-    "ExportSpec", "ReportSpec", "SearchSpec", "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
+    "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
 ]
 
 #: Model families a spec can name, and where their typed config lives. The config
@@ -184,12 +184,34 @@ class SearchSpec(_Strict):
                                  "(e.g. max_epochs) that the space does not set.")
 
 
+class AutoMLSpec(_Strict):
+    """Tabular AutoML: tune several families within a time budget and ensemble the best; the
+    recommended model (the ensemble, or the best single model) joins the candidates as ``automl``."""
+
+    families: list[Literal["linear", "gbm", "mlp"]] = Field(
+        default_factory=lambda: ["linear", "gbm", "mlp"], min_length=1,
+        description="Model families to tune, cheapest first: linear, gbm, mlp.")
+    time_budget: float = Field(60.0, gt=0, description="Seconds shared by the families' searches.")
+    strategy: str = Field("tpe", description="Search strategy of every family: random, tpe, gp, cmaes, evolution "
+                          "or rl.")
+    metric: str | None = Field(None, description="Validation metric to rank and ensemble by; default: accuracy "
+                               "(classifiers) or rmse.")
+    ensemble: Literal["weighted", "stacked", "none"] = Field(
+        "weighted", description="weighted: Caruana ensemble selection; stacked: a linear meta-model; none.")
+    seed: int = Field(0, ge=0)
+    candidates: int = Field(5, ge=1, description="Best models kept per family as ensemble candidates.")
+    max_trials: int | None = Field(None, ge=1, description="Trials per family at most.")
+    base: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Fixed config keys per family "
+                                            "that the spaces do not set, e.g. {mlp: {max_epochs: 20}}.")
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline: data, train, evaluate, export, report."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     data: DataSpec
     search: SearchSpec | None = Field(None, description="Optional hyperparameter search before training.")
+    automl: AutoMLSpec | None = Field(None, description="Optional AutoML over several families before training.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
@@ -308,6 +330,11 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
     if spec.search is not None and "search" in spec.train.models:
         raise SpecError(f"Invalid {where}: train.models: the name 'search' is taken by the searched model; "
                         "rename that model.")
+    if spec.automl is not None:
+        _check_automl(spec.automl, where)
+        if "automl" in spec.train.models:
+            raise SpecError(f"Invalid {where}: train.models: the name 'automl' is taken by the AutoML model; "
+                            "rename that model.")
     for name, entry in spec.train.models.items():
         cls = model_config_class(entry.family)
         try:
@@ -341,6 +368,35 @@ def _check_search(search: SearchSpec, where: str) -> None:
         cls.model_validate(search.base)
     except ValidationError as exc:
         raise _format_errors(exc, model=cls, prefix=("search", "base"), where=where) from None
+
+
+def _check_automl(section: AutoMLSpec, where: str) -> None:
+    """Check the automl section: families once each, a known strategy and metric, base configs."""
+    import modelyard.search  # noqa: F401 - registers every strategy (rl included)
+    from modelyard.evaluate import METRICS
+    from modelyard.search import SEARCH_STRATEGIES
+    from modelyard.search._automl import LinearConfig
+
+    for fam in section.families:
+        if section.families.count(fam) > 1:
+            raise SpecError(f"Invalid {where}: automl.families: {fam!r} is given twice; give each family once.")
+    if section.strategy not in SEARCH_STRATEGIES:
+        raise SpecError(f"Invalid {where}: automl.strategy: unknown search strategy {section.strategy!r}; "
+                        f"known: {SEARCH_STRATEGIES.names()}.")
+    if section.metric is not None:
+        known = [n for n in METRICS.names() if METRICS.get(n).greater_is_better is not None]
+        if section.metric not in known:
+            raise SpecError(f"Invalid {where}: automl.metric: unknown metric {section.metric!r}; known: {known}.")
+    configs: dict[str, type[BaseModel]] = {"linear": LinearConfig, "gbm": model_config_class("gbm"),
+                                           "mlp": model_config_class("mlp")}
+    for fam, values in section.base.items():
+        if fam not in section.families:
+            raise SpecError(f"Invalid {where}: automl.base: {fam!r} is not one of the tuned families "
+                            f"{list(section.families)}.")
+        try:
+            configs[fam].model_validate(values)
+        except ValidationError as exc:
+            raise _format_errors(exc, model=configs[fam], prefix=("automl", "base", fam), where=where) from None
 
 
 def load_spec(path: str | Path) -> PipelineSpec:

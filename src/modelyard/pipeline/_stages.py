@@ -7,6 +7,7 @@ fully cached re-run never loads them.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from modelyard.errors import DataError, SpecError
 from modelyard.pipeline._spec import PipelineSpec
 from modelyard.pipeline._step import ExternalInput, Step, StepContext
 
-__all__ = ["DataStep", "SearchStep", "TrainStep", "EvaluateStep", "ExportStep", "ReportStep", "build_steps", "resolve_source"]
+__all__ = ["DataStep", "SearchStep", "AutoMLStep", "TrainStep", "EvaluateStep", "ExportStep", "ReportStep", "build_steps", "resolve_source"]
 
 _SPLITS = ("train", "valid", "test")
 _FILE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".parquet", ".pq")
@@ -248,6 +249,69 @@ class SearchStep(Step):
         return super().summary(figures)
 
 
+class AutoMLStep(Step):
+    """Tune several model families within a time budget, ensemble the best; write the leaderboard and the model.
+
+    The recommended model (the ensemble unless ``ensemble: none`` or a stacked ensemble
+    scores below the best single model on the validation split) is written as ONNX and
+    joins the candidates of the evaluate step as ``automl``. The step sees the train and
+    valid splits only: test figures come from the evaluate step, as for every candidate.
+    A time-budgeted search is not reproducible trial for trial (how many trials fit in
+    the budget depends on the machine), but the step is cached like any other: an
+    unchanged spec reuses its result.
+    """
+
+    kind = "automl"
+    VERSION = "1"
+
+    def run(self, ctx: StepContext) -> None:
+        from modelyard.compress import export_onnx
+        from modelyard.data import TabularData, TabularSplit
+        from modelyard.search._automl import automl
+
+        cfg = self.config
+        schema = _read_schema(ctx)
+        train, valid = _read_split(ctx, "train", schema), _read_split(ctx, "valid", schema)
+        no_test = TabularSplit(valid.frame.iloc[:0], schema)
+        data = TabularData(name="automl", schema=schema, train=train, valid=valid, test=no_test)
+        budget = float(cfg["time_budget"])
+        bar = ctx.progress(f"automl ({', '.join(cfg['families'])}; {budget:g} s)", math.ceil(budget))
+
+        def progress(event: dict[str, Any]) -> None:
+            best = event.get("best")
+            info = f"{event['family']}" + (f" · best {best:.4g}" if isinstance(best, float) else "")
+            bar(completed=min(event["elapsed"], budget), info=info)
+
+        result = automl(
+            data, families=cfg["families"], time_budget=budget, strategy=cfg["strategy"], metric=cfg["metric"],
+            ensemble=cfg["ensemble"], seed=cfg["seed"], candidates=cfg["candidates"], max_trials=cfg["max_trials"],
+            base_configs=cfg["base"], progress=progress,
+        )
+        bar(completed=budget)
+        with ctx.output("model.onnx") as tmp:
+            parity = export_onnx(result.model, tmp, sample=valid.X.head(2000))
+        with ctx.output("leaderboard.csv") as tmp:
+            result.leaderboard.drop(columns=[f"test_{result.metric}"]).to_csv(tmp, index=False)
+        summary = dict(result.summary)
+        summary["files"] = {"model": "model.onnx", "onnx_max_abs_diff": float(parity.max_abs_diff)}
+        summary["leaderboard_top"] = _jsonable(
+            result.leaderboard.drop(columns=[f"test_{result.metric}"]).head(10).to_dict(orient="records"))
+        ctx.write_json("automl.json", _jsonable(summary))
+        valid_metric = _quick_metric(result.model, valid)
+        ctx.write_json("fit.json", {"family": "automl", "fit_seconds": summary["elapsed_s"],
+                                    "model": summary["model"], "onnx_max_abs_diff": float(parity.max_abs_diff),
+                                    **valid_metric})
+        ens = summary.get("ensemble") or {}
+        ctx.record(model=summary["model"], best=summary["best"]["model"],
+                   trials=int(sum(f["trials"] for f in summary["families"].values())),
+                   **({"ensemble_members": len(ens.get("members", []))} if ens else {}), **valid_metric)
+
+    def summary(self, figures: dict[str, Any]) -> str:
+        acc = figures.get("valid_accuracy", figures.get("valid_rmse"))
+        shown = f" · valid {acc:.4f}" if isinstance(acc, float) else ""
+        return f"{figures.get('trials', 0)} trials · model {figures.get('model', '?')}{shown}"
+
+
 class TrainStep(Step):
     """Fit one model family on the train split (early stopping on valid) and store it safely."""
 
@@ -412,6 +476,7 @@ class ReportStep(Step):
                      "sources": data["sources"]},
             "models": evaluation["models"],
             "search": ctx.read_json("search") if "search" in ctx.input_paths else None,
+            "automl": ctx.read_json("automl") if "automl" in ctx.input_paths else None,
             "chosen": {**evaluation["chosen"], "onnx": {"path": "model.onnx", "bytes": export["bytes"],
                                                         "max_abs_diff": export["max_abs_diff"],
                                                         "parity_rows": export["parity_rows"]}},
@@ -439,6 +504,11 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
             model_file = "model.safetensors" if search["family"] == "mlp" else "model.onnx"
             model_inputs["model:search"] = f"search:{model_file}"
             model_inputs["fit:search"] = "search:fit.json"
+    automl_cfg = resolved.get("automl")
+    if automl_cfg is not None:
+        steps.append(AutoMLStep("automl", dict(automl_cfg), dict(data_in)))
+        model_inputs["model:automl"] = "automl:model.onnx"
+        model_inputs["fit:automl"] = "automl:fit.json"
     for name, model in resolved["train"]["models"].items():
         steps.append(TrainStep(f"train.{name}", dict(model), dict(data_in)))
         model_file = "model.safetensors" if model["family"] == "mlp" else "model.onnx"
@@ -454,6 +524,8 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
                      "schema": "data:schema.json", "rows": "data:rows.json"}
     if search is not None:
         report_inputs["search"] = "search:search.json"
+    if automl_cfg is not None:
+        report_inputs["automl"] = "automl:automl.json"
     steps.append(ReportStep("report", {**resolved["report"], "pipeline": spec.name, "spec": resolved},
                             report_inputs))
     return steps

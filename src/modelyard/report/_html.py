@@ -487,6 +487,31 @@ def _search_section(search: Any, *, plots: bool) -> dict[str, Any] | None:
     return out
 
 
+def _automl_section(automl: Any) -> dict[str, Any] | None:
+    """The optional ``automl`` part: budget, families and the top of the leaderboard."""
+    if not isinstance(automl, Mapping):
+        return None
+    metric = str(automl.get("metric") or "")
+    rows = []
+    for row in automl.get("leaderboard_top") or []:
+        if not isinstance(row, Mapping):
+            continue
+        params = str(row.get("params") or "")
+        rows.append({"rank": row.get("rank"), "model": str(row.get("model")), "family": str(row.get("family")),
+                     "valid": _num(row.get(f"valid_{metric}")), "fit_seconds": _num(row.get("fit_seconds")),
+                     "params": params if len(params) <= 90 else params[:87] + "..."})
+    families = automl.get("families") if isinstance(automl.get("families"), Mapping) else {}
+    ensemble = automl.get("ensemble") if isinstance(automl.get("ensemble"), Mapping) else None
+    return {
+        "metric": metric, "budget": _num(automl.get("time_budget_s")), "strategy": automl.get("strategy"),
+        "families": [{"name": str(k), "trials": v.get("trials"), "completed": v.get("completed"),
+                      "seconds": _num(v.get("seconds"))}
+                     for k, v in families.items() if isinstance(v, Mapping)],
+        "model": automl.get("model"), "method": ensemble.get("method") if ensemble else "none",
+        "valid_note": ensemble.get("valid_note") if ensemble else None, "rows": rows,
+    }
+
+
 def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
     from modelyard import __version__
     from modelyard.report import _plots
@@ -515,6 +540,7 @@ def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any
     return {
         **view,
         "search": _search_section(summary.get("search"), plots=plots),
+        "automl": _automl_section(summary.get("automl")),
         "title": view["pipeline"] or "modelyard run",
         "headline_metrics": headline_metrics,
         "best": {metric: _best(models, metric) for metric in headline_metrics},

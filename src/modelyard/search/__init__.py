@@ -11,6 +11,17 @@ Registries for YAML specs and the CLI: :data:`SPACES`, :data:`SEARCH_STRATEGIES`
 the costs in :data:`COSTS`.
 """
 
+from modelyard.search._automl import (
+    AUTOML_FAMILIES,
+    AutoMLResult,
+    EnsemblePredictor,
+    LinearConfig,
+    LinearPredictor,
+    automl,
+    ensemble_selection,
+    fit_linear,
+    linear_space,
+)
 from modelyard.search._evolution import RegularizedEvolutionSampler
 from modelyard.search._objectives import (
     COSTS,
@@ -50,6 +61,15 @@ from modelyard.search._strategies import (
 from modelyard.search._study import SearchResult, TrialObjective, run
 
 __all__ = [
+    "AUTOML_FAMILIES",
+    "AutoMLResult",
+    "EnsemblePredictor",
+    "LinearConfig",
+    "LinearPredictor",
+    "automl",
+    "ensemble_selection",
+    "fit_linear",
+    "linear_space",
     "COSTS",
     "FAMILIES",
     "PRUNERS",
