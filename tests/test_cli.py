@@ -167,7 +167,7 @@ def test_automl_command_end_to_end(tmp_path: Path) -> None:
     board = pd.read_csv(out / "leaderboard.csv")
     assert {"linear", "gbm", "ensemble"} == set(board["family"]) and board["rank"].tolist()[0] == 1
     summary = json.loads((out / "automl.json").read_text())
-    assert summary["metric"] == "accuracy" and summary["seed"] == 1 and summary["files"]["model"] == "ensemble.onnx"
+    assert summary["metric"] == "log_loss" and summary["seed"] == 1 and summary["files"]["model"] == "ensemble.onnx"
     served = OnnxPredictor(out / "ensemble.onnx")
     frame = pd.read_csv(tmp_path / "people.csv").head(20)
     assert served.predict_proba(frame).shape == (20, 2)

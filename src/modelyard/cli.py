@@ -137,7 +137,7 @@ def automl_cmd(
     ensemble: Annotated[str, typer.Option("--ensemble", help="weighted (Caruana ensemble selection), stacked "
                                           "(linear meta-model) or none.")] = "weighted",
     metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric to rank and ensemble by; "
-                                                  "default accuracy (classifiers) or rmse.")] = None,
+                                                  "default log_loss (classifiers) or rmse.")] = None,
     strategy: Annotated[str, typer.Option("--strategy", help="Search strategy of every family.")] = "tpe",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for leaderboard.csv, automl.json and the "
                                       "ONNX models.")] = Path("automl"),

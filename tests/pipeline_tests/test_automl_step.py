@@ -14,7 +14,8 @@ from modelyard.pipeline import parse_spec
 
 from ._synthetic import make_csv, write_spec
 
-FAST_AUTOML = {"families": ["linear", "gbm"], "time_budget": 2, "max_trials": 3, "ensemble": "weighted"}
+FAST_AUTOML = {"families": ["linear", "gbm"], "time_budget": 2, "max_trials": 3, "ensemble": "weighted",
+               "metric": "accuracy"}
 
 
 @pytest.fixture()

@@ -194,7 +194,7 @@ class AutoMLSpec(_Strict):
     time_budget: float = Field(60.0, gt=0, description="Seconds shared by the families' searches.")
     strategy: str = Field("tpe", description="Search strategy of every family: random, tpe, gp, cmaes, evolution "
                           "or rl.")
-    metric: str | None = Field(None, description="Validation metric to rank and ensemble by; default: accuracy "
+    metric: str | None = Field(None, description="Validation metric to rank and ensemble by; default: log_loss "
                                "(classifiers) or rmse.")
     ensemble: Literal["weighted", "stacked", "none"] = Field(
         "weighted", description="weighted: Caruana ensemble selection; stacked: a linear meta-model; none.")
