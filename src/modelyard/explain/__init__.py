@@ -7,6 +7,7 @@ Public surface::
     pdp = partial_dependence(model, data.test.X.sample(2000), "age", kind="both")
 """
 
+from modelyard.explain._gradients import GradientAttribution, integrated_gradients, quadrature, saliency
 from modelyard.explain._pdp import PartialDependence, feature_grid, partial_dependence
 from modelyard.explain._permutation import (
     ModelClassReliance,
@@ -16,6 +17,10 @@ from modelyard.explain._permutation import (
 )
 
 __all__ = [
+    "GradientAttribution",
+    "integrated_gradients",
+    "quadrature",
+    "saliency",
     "ModelClassReliance",
     "PartialDependence",
     "PermutationImportance",
