@@ -59,7 +59,7 @@ def test_image_ig_equals_captum(image_model) -> None:
 
     model, x = image_model
     mine = integrated_gradients(model, x[:6], steps=32)
-    wrapped = lambda t: torch.softmax(model.module(t), dim=1)  # noqa: E731 - captum takes a forward function
+    wrapped = lambda t: torch.softmax(model.module(t), dim=1)
     pixels = torch.from_numpy(x[:6]).float() / 255
     ref = IntegratedGradients(wrapped).attribute(pixels, baselines=torch.zeros_like(pixels),
                                                  target=torch.from_numpy(mine.target), n_steps=32)

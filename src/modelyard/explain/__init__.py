@@ -7,7 +7,12 @@ Public surface::
     pdp = partial_dependence(model, data.test.X.sample(2000), "age", kind="both")
 """
 
-from modelyard.explain._gradients import GradientAttribution, integrated_gradients, quadrature, saliency
+from modelyard.explain._gradients import (
+    GradientAttribution,
+    integrated_gradients,
+    quadrature,
+    saliency,
+)
 from modelyard.explain._pdp import PartialDependence, feature_grid, partial_dependence
 from modelyard.explain._permutation import (
     ModelClassReliance,
@@ -18,14 +23,14 @@ from modelyard.explain._permutation import (
 
 __all__ = [
     "GradientAttribution",
-    "integrated_gradients",
-    "quadrature",
-    "saliency",
     "ModelClassReliance",
     "PartialDependence",
     "PermutationImportance",
     "feature_grid",
+    "integrated_gradients",
     "model_class_reliance",
     "partial_dependence",
     "permutation_importance",
+    "quadrature",
+    "saliency",
 ]

@@ -266,7 +266,7 @@ def _impute(module: nn.Module, x_num: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x_num), raw, x_num)
 
 
-def _ig_chunk(module, predictor, chunk, bchunk, a, w, image, target, lo, n, output):  # noqa: ANN001, ANN202
+def _ig_chunk(module, predictor, chunk, bchunk, a, w, image, target, lo, n, output):
     """IG of one chunk of rows: returns (attributions, F(x), F(x'), targets)."""
     m, s = len(chunk[0]), len(a)
     if image:
