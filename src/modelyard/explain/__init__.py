@@ -7,6 +7,7 @@ Public surface::
     pdp = partial_dependence(model, data.test.X.sample(2000), "age", kind="both")
 """
 
+from modelyard.explain._counterfactual import Counterfactual, counterfactuals, what_if
 from modelyard.explain._gradients import (
     GradientAttribution,
     integrated_gradients,
@@ -22,6 +23,9 @@ from modelyard.explain._permutation import (
 )
 
 __all__ = [
+    "Counterfactual",
+    "counterfactuals",
+    "what_if",
     "GradientAttribution",
     "ModelClassReliance",
     "PartialDependence",
