@@ -21,20 +21,32 @@ from modelyard.explain._permutation import (
     model_class_reliance,
     permutation_importance,
 )
+from modelyard.explain._tcav import (
+    TCAVResult,
+    concept_activation_vector,
+    directional_derivatives,
+    layer_activations,
+    tcav,
+)
 
 __all__ = [
     "Counterfactual",
-    "counterfactuals",
-    "what_if",
     "GradientAttribution",
     "ModelClassReliance",
     "PartialDependence",
     "PermutationImportance",
+    "TCAVResult",
+    "concept_activation_vector",
+    "counterfactuals",
+    "directional_derivatives",
     "feature_grid",
     "integrated_gradients",
+    "layer_activations",
     "model_class_reliance",
     "partial_dependence",
     "permutation_importance",
     "quadrature",
     "saliency",
+    "tcav",
+    "what_if",
 ]
