@@ -172,7 +172,7 @@ def test_wrong_metadata_raises_model_format_error(model: TorchPredictor, tmp_pat
     with pytest.raises(ModelFormatError) as err:
         load_predictor(path)
     assert str(err.value) == (
-        f"{path} holds model family 'transformer', unknown to this modelyard (known: ['mlp']); "
+        f"{path} holds model family 'transformer', unknown to this modelyard (known: ['lattice', 'mlp']); "
         f"upgrade modelyard, or {RETRAIN}."
     )
 

@@ -46,7 +46,7 @@ def test_defaults_are_filled_in() -> None:
         (_with(evaluate={"slices": ["sex", "race", ["sex", "race"], {"feature": "age", "buckets": [45, 25]}]}),
          "Invalid spec: evaluate.slices[3].buckets: must be strictly increasing (got [45, 25])."),
         (_with(train={"models": {"mlp": {"family": "xgb"}}}),
-         "Invalid spec: train.models.mlp.family: unknown model family 'xgb'; known: ['gbm', 'mlp'] (got \"xgb\")."),
+         "Invalid spec: train.models.mlp.family: unknown model family 'xgb'; known: ['gbm', 'lattice', 'mlp'] (got \"xgb\")."),
         (_with(train={"models": {"mlp": {"family": "mlp", "max_epochs": "ten"}}}),
          "Invalid spec: train.models.mlp.max_epochs: Input should be a valid integer, unable to parse string as "
          "an integer (got \"ten\")."),

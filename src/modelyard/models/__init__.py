@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from modelyard.models._base import OUTPUT_NAMES, SCHEMA_KEY, BasePredictor, Predictor  # noqa: F401 - re-exported
-from modelyard.models._config import GBMConfig, ImageNetConfig, MLPConfig  # noqa: F401 - re-exported
+from modelyard.models._config import GBMConfig, ImageNetConfig, LatticeConfig, MLPConfig  # noqa: F401 - re-exported
 
 _LAZY = {
     "fit_gbm": "_gbm",
@@ -24,12 +24,13 @@ _LAZY = {
     "encode_matrix": "_sklearn",
     "encoded_feature_names": "_sklearn",
     "TorchPredictor": "_torch",
+    "CalibratedLattice": "_lattice",
     "ImageNet": "_image",
     "ImagePredictor": "_image",
     "OnnxImagePredictor": "_image",
 }
 
-__all__ = sorted(["BasePredictor", "GBMConfig", "ImageNetConfig", "MLPConfig", "OUTPUT_NAMES", "Predictor", "SCHEMA_KEY", *_LAZY])
+__all__ = sorted(["BasePredictor", "GBMConfig", "ImageNetConfig", "LatticeConfig", "MLPConfig", "OUTPUT_NAMES", "Predictor", "SCHEMA_KEY", *_LAZY])
 
 if TYPE_CHECKING:  # pragma: no cover
     from modelyard.models._gbm import fit_gbm  # noqa: F401
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from modelyard.models._onnx import OnnxPredictor  # noqa: F401
     from modelyard.models._sklearn import SklearnPredictor, encode_matrix, encoded_feature_names  # noqa: F401
     from modelyard.models._torch import TorchPredictor  # noqa: F401
+    from modelyard.models._lattice import CalibratedLattice  # noqa: F401
     from modelyard.models._image import ImageNet, ImagePredictor, OnnxImagePredictor  # noqa: F401
 
 

@@ -233,3 +233,33 @@ class ImageNetConfig(BaseModel):
     max_epochs: int = Field(default=10, ge=1, description="Upper bound on passes over the training images.")
     patience: int = Field(default=3, ge=1, description="Epochs without a lower validation loss before stopping.")
     seed: int = Field(default=0, ge=0, description="Seeds initialization, shuffling and dropout.")
+
+
+class LatticeConfig(BaseModel):
+    """A calibrated lattice model (Gupta et al., JMLR 2016; TensorFlow Lattice) and its training (frozen).
+
+    Every feature passes a piecewise-linear calibrator (numeric: ``n_keypoints`` at
+    training quantiles; categorical: one value per category) into ``[0, lattice_size - 1]``;
+    a multilinear lattice of ``lattice_size ** n_features`` vertex values interpolates the
+    calibrated point. Monotonic features are monotone in the model exactly.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lattice_size: int = Field(default=2, ge=2, description="Vertices per feature; 2 is a multilinear interpolation "
+                              "of the calibrated corners (the TensorFlow Lattice default).")
+    n_keypoints: int = Field(default=10, ge=2, description="Calibrator keypoints per numeric feature, at training "
+                             "quantiles.")
+    monotonic: dict[str, Literal["increasing", "decreasing"]] = Field(
+        default_factory=dict,
+        description="Features the output must rise (or fall) with, e.g. {hours-per-week: increasing}. Holds for "
+        "every input: calibrator steps and lattice vertices satisfy it exactly. Binary and regression tasks only.",
+    )
+    max_vertices: int = Field(default=65536, ge=2, description="Refuse lattices with more vertices "
+                              "(lattice_size ** n_features); select fewer features or use lattice_size 2.")
+    batch_size: int = Field(default=256, ge=1, description="Rows per optimizer step.")
+    lr: float = Field(default=1e-2, gt=0.0, description="AdamW learning rate (lattices like larger steps than MLPs).")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW's decoupled weight decay.")
+    max_epochs: int = Field(default=30, ge=1, description="Upper bound on passes over the training split.")
+    patience: int = Field(default=5, ge=1, description="Epochs without a lower validation loss before stopping.")
+    seed: int = Field(default=0, ge=0, description="Seeds initialization and shuffling.")

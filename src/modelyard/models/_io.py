@@ -34,6 +34,7 @@ from modelyard.data._schema import Schema
 from modelyard._atomic import atomic_write_bytes
 from modelyard.errors import ModelFormatError
 from modelyard.models._base import Predictor
+from modelyard.models._lattice import CalibratedLattice
 from modelyard.models._mlp import TabularMLP, TabularModule
 from modelyard.models._onnx import OnnxPredictor
 from modelyard.models._torch import TorchPredictor
@@ -43,6 +44,7 @@ __all__ = ["MODEL_FAMILIES", "save_torch", "load_predictor", "atomic_write_bytes
 #: Torch model families by the name stored in saved files.
 MODEL_FAMILIES: Registry[type[TabularModule]] = Registry("model family", TabularModule)
 MODEL_FAMILIES.register("mlp")(TabularMLP)
+MODEL_FAMILIES.register("lattice")(CalibratedLattice)
 
 FORMAT = "modelyard"
 #: The family name stored for image classifiers (:class:`~modelyard.models.ImagePredictor`).

@@ -38,6 +38,7 @@ __all__ = [
 MODEL_FAMILY_CONFIGS: dict[str, str] = {
     "mlp": "modelyard.models._config:MLPConfig",
     "gbm": "modelyard.models._config:GBMConfig",
+    "lattice": "modelyard.models._config:LatticeConfig",
 }
 
 

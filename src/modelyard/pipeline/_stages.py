@@ -6,6 +6,7 @@ fully cached re-run never loads them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -123,17 +124,18 @@ class DataStep(Step):
                 f"{figures.get('rows_test', 0):,} test rows, {figures.get('features', 0)} features")
 
 
-def _fit_mlp(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
+def _fit_torch(family: str, train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
     from modelyard.models import save_torch
-    from modelyard.train import fit_mlp
+    from modelyard.train import fit_lattice, fit_mlp
 
-    bar = ctx.progress("training mlp", config.max_epochs)
+    fit = {"mlp": fit_mlp, "lattice": fit_lattice}[family]
+    bar = ctx.progress(f"training {family}", config.max_epochs)
 
     def on_epoch(epoch: int, max_epochs: int, logs: dict[str, float]) -> None:
         info = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
         bar(completed=epoch, info=info)  # the trainer counts epochs from 1
 
-    predictor = fit_mlp(train, valid, config, callback=on_epoch)
+    predictor = fit(train, valid, config, callback=on_epoch)
     with ctx.output("model.safetensors") as tmp:
         save_torch(predictor, tmp)
     extra = {}
@@ -158,7 +160,14 @@ def _fit_gbm(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any
     return predictor, {"onnx_max_abs_diff": result.max_abs_diff}
 
 
-_TRAINERS = {"mlp": _fit_mlp, "gbm": _fit_gbm}
+#: Families trained in torch and stored as safetensors (the others are stored as ONNX).
+TORCH_FAMILIES = ("mlp", "lattice")
+
+_TRAINERS = {
+    "mlp": functools.partial(_fit_torch, "mlp"),
+    "lattice": functools.partial(_fit_torch, "lattice"),
+    "gbm": _fit_gbm,
+}
 
 
 class SearchStep(Step):
@@ -511,7 +520,7 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
         model_inputs["fit:automl"] = "automl:fit.json"
     for name, model in resolved["train"]["models"].items():
         steps.append(TrainStep(f"train.{name}", dict(model), dict(data_in)))
-        model_file = "model.safetensors" if model["family"] == "mlp" else "model.onnx"
+        model_file = "model.safetensors" if model["family"] in TORCH_FAMILIES else "model.onnx"
         model_inputs[f"model:{name}"] = f"train.{name}:{model_file}"
         model_inputs[f"fit:{name}"] = f"train.{name}:fit.json"
     eval_cfg = {**resolved["evaluate"], "select": resolved["train"]["select"]}

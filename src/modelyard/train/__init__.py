@@ -4,7 +4,7 @@
 """
 
 from modelyard.models._gbm import fit_gbm
-from modelyard.train._fit import fit_image, fit_mlp
+from modelyard.train._fit import fit_image, fit_lattice, fit_mlp
 from modelyard.train._trainer import EpochCallback, Trainer
 
-__all__ = ["EpochCallback", "Trainer", "fit_gbm", "fit_image", "fit_mlp"]
+__all__ = ["EpochCallback", "Trainer", "fit_gbm", "fit_image", "fit_lattice", "fit_mlp"]

@@ -9,12 +9,12 @@ import numpy as np
 from modelyard.data._image import ImageSplit
 from modelyard.data._schema import encode_frame
 from modelyard.data._tabular import TabularSplit
-from modelyard.models._config import ImageNetConfig, MLPConfig
+from modelyard.models._config import ImageNetConfig, LatticeConfig, MLPConfig
 from modelyard.models._mlp import TabularMLP
 from modelyard.models._torch import TorchPredictor
 from modelyard.train._trainer import EpochCallback, Trainer
 
-__all__ = ["fit_image", "fit_mlp"]
+__all__ = ["fit_image", "fit_lattice", "fit_mlp"]
 
 
 def fit_mlp(
@@ -46,8 +46,38 @@ def fit_mlp(
     """
     if not isinstance(config, MLPConfig):
         raise TypeError(f"config must be an MLPConfig; got {type(config).__name__}.")
+    return _fit_tabular(TabularMLP, train, valid, config, callback)
+
+
+def fit_lattice(
+    train: TabularSplit,
+    valid: TabularSplit,
+    config: LatticeConfig = LatticeConfig(),  # noqa: B008 - frozen pydantic model, safe as a default
+    *,
+    callback: EpochCallback | None = None,
+) -> TorchPredictor:
+    """Fit a calibrated lattice model (:class:`~modelyard.models.CalibratedLattice`), early-stopping on ``valid``.
+
+    Keypoints (training quantiles) and missing-value fills come from ``train`` only.
+    Monotonic features named in ``config.monotonic`` are monotone in the result exactly.
+
+    Returns
+    -------
+    TorchPredictor
+        ``family == "lattice"``; saved, loaded and exported like the MLP.
+    """
+    from modelyard.models._lattice import CalibratedLattice
+
+    if not isinstance(config, LatticeConfig):
+        raise TypeError(f"config must be a LatticeConfig; got {type(config).__name__}.")
+    return _fit_tabular(CalibratedLattice, train, valid, config, callback)
+
+
+def _fit_tabular(cls: Any, train: TabularSplit, valid: TabularSplit, config: Any,
+                 callback: EpochCallback | None) -> TorchPredictor:
+    """Build a :class:`TabularModule` family from ``train`` and train it with the :class:`Trainer`."""
     x_num, _ = encode_frame(train.X, train.schema)
-    module = TabularMLP.build(train.schema, config, x_num=x_num, y=train.y)
+    module = cls.build(train.schema, config, x_num=x_num, y=train.y)
     trainer = Trainer(
         max_epochs=config.max_epochs,
         batch_size=config.batch_size,
