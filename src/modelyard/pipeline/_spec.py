@@ -12,6 +12,7 @@ and what is allowed, in one line::
         gbm: {family: gbm}
       select: {metric: accuracy}
     evaluate: {slices: [sex, race, [sex, race], {feature: age, buckets: [25, 45, 65]}]}
+    features: {method: mutual_info, k: auto}     # optional: select or extract features first
     export: {format: onnx}
     report: {format: html}
 """
@@ -30,7 +31,8 @@ from modelyard.errors import SpecError
 
 __all__ = [
     "PipelineSpec", "DataSpec", "SplitSpec", "TrainSpec", "SelectSpec", "BucketSlice", "EvaluateSpec",
-    "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
+    "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "FeaturesSpec", "FEATURE_SELECTION", "FEATURE_EXTRACTION",
+    "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
 ]
 
 #: Model families a spec can name, and where their typed config lives. The config
@@ -206,11 +208,64 @@ class AutoMLSpec(_Strict):
                                             "that the spaces do not set, e.g. {mlp: {max_epochs: 20}}.")
 
 
+#: Feature-selection methods a spec can name (kept in step with
+#: :data:`modelyard.compress.FEATURE_SELECTION_METHODS`; the spec does not import scikit-learn).
+FEATURE_SELECTION = ("mutual_info", "anova", "chi2", "rfe", "l1", "tree")
+#: Feature-extraction methods (:data:`modelyard.compress.FEATURE_EXTRACTION_METHODS`).
+FEATURE_EXTRACTION = ("pca", "ica", "nmf")
+
+
+class FeaturesSpec(_Strict):
+    """Feature selection or extraction as a data step between ``data`` and the models.
+
+    A selection method keeps the raw columns it ranks best; an extraction method replaces
+    the raw columns by components fitted on the training split. ``k`` (columns or
+    components) is chosen on the validation split unless given.
+    """
+
+    method: Literal["mutual_info", "anova", "chi2", "rfe", "l1", "tree", "pca", "ica", "nmf"] = Field(
+        description="Selection: mutual_info, anova, chi2, rfe, l1, tree (keep raw columns). "
+        "Extraction: pca, ica, nmf (components replace the raw columns).")
+    k: int | Literal["auto"] = Field("auto", description="Columns (selection) or components (extraction) to keep; "
+                                     "auto: the smallest k within `tolerance` of the best validation score "
+                                     "(selection) or reaching `variance` (extraction).")
+    variance: float = Field(0.95, gt=0, le=1, description="Extraction with k: auto: explained-variance share to reach.")
+    target_size: int | None = Field(None, gt=0, description="Extraction with k: auto: parameter bytes the served "
+                                    "model (MLP plus the transform) may have; keeps the largest k that fits.")
+    tolerance: float = Field(0.005, ge=0, description="Selection with k: auto: allowed drop of the validation "
+                             "score below the best (accuracy or R²).")
+    model: Literal["linear", "gbm"] = Field("linear", description="Fast model that scores each k on the "
+                                            "validation split.")
+    seed: int = Field(0, description="Seeds the scores, the extractors and the fast model.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in FEATURE_SELECTION + FEATURE_EXTRACTION:
+            raise ValueError(f"unknown feature method {v!r}; known: selection {', '.join(FEATURE_SELECTION)}; "
+                             f"extraction {', '.join(FEATURE_EXTRACTION)}")
+        return v
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _positive_k(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1):
+            raise ValueError("must be 'auto' or a positive number of columns or components")
+        return v
+
+    @property
+    def is_extraction(self) -> bool:
+        """True for pca, ica and nmf (components), False for the selection methods (raw columns)."""
+        return self.method in FEATURE_EXTRACTION
+
+
 class PipelineSpec(_Strict):
-    """A whole pipeline: data, train, evaluate, export, report."""
+    """A whole pipeline: data, (features), (search), (automl), train, evaluate, export, report."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     data: DataSpec
+    features: FeaturesSpec | None = Field(None, description="Optional feature selection or extraction after the "
+                                          "data step; every model trains on its output.")
     search: SearchSpec | None = Field(None, description="Optional hyperparameter search before training.")
     automl: AutoMLSpec | None = Field(None, description="Optional AutoML over several families before training.")
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -326,6 +381,8 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         raise _format_errors(exc, model=PipelineSpec, where=where) from None
+    if spec.features is not None:
+        _check_features(spec.features, where)
     if spec.search is not None:
         _check_search(spec.search, where)
     if spec.search is not None and "search" in spec.train.models:
@@ -343,6 +400,18 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         except ValidationError as exc:
             raise _format_errors(exc, model=cls, prefix=("train", "models", name), where=where) from None
     return spec
+
+
+def _check_features(section: FeaturesSpec, where: str) -> None:
+    """Check the options that only one kind of feature method takes."""
+    if section.target_size is not None:
+        if not section.is_extraction:
+            raise SpecError(f"Invalid {where}: features.target_size: only the extraction methods (pca, ica, nmf) "
+                            f"choose k by model size; method {section.method!r} keeps raw columns. Remove "
+                            "target_size or use an extraction method.")
+        if section.k != "auto":
+            raise SpecError(f"Invalid {where}: features.target_size: give k={section.k} or target_size="
+                            f"{section.target_size}, not both: target_size chooses k. Set k: auto.")
 
 
 def _check_search(search: SearchSpec, where: str) -> None:

@@ -1,4 +1,5 @@
-"""The built-in steps of a pipeline: data, train (one per model), evaluate, export, report.
+"""The built-in steps of a pipeline: data, features, search, automl, train (one per model), evaluate,
+export, report.
 
 Heavy libraries (torch, scikit-learn, matplotlib) are imported inside ``run`` so that a
 fully cached re-run never loads them.
@@ -13,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelyard.errors import DataError, SpecError
-from modelyard.pipeline._spec import PipelineSpec
+from modelyard.errors import DataError, ModelFormatError, SpecError
+from modelyard.pipeline._spec import FEATURE_EXTRACTION, PipelineSpec
 from modelyard.pipeline._step import ExternalInput, Step, StepContext
 
-__all__ = ["DataStep", "SearchStep", "AutoMLStep", "TrainStep", "EvaluateStep", "ExportStep", "ReportStep", "build_steps", "resolve_source"]
+__all__ = ["DataStep", "FeaturesStep", "SearchStep", "AutoMLStep", "TrainStep", "EvaluateStep", "ExportStep",
+           "ReportStep", "build_steps", "resolve_source"]
 
 _SPLITS = ("train", "valid", "test")
 _FILE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".parquet", ".pq")
@@ -122,6 +124,105 @@ class DataStep(Step):
     def summary(self, figures: dict[str, Any]) -> str:
         return (f"{figures.get('rows_train', 0):,} train · {figures.get('rows_valid', 0):,} valid · "
                 f"{figures.get('rows_test', 0):,} test rows, {figures.get('features', 0)} features")
+
+
+#: Arrays of a feature transform left out of ``features.json`` (they are in ``transform.json``).
+_TRANSFORM_ARRAYS = ("format", "design", "center", "divisor", "mean", "components")
+
+
+class FeaturesStep(Step):
+    """Select raw feature columns or extract components; every later step trains on the result.
+
+    Reads the data step's splits and schema and runs
+    :func:`~modelyard.compress.select_features` (``mutual_info``, ``anova``, ``chi2``,
+    ``rfe``, ``l1``, ``tree``) or :func:`~modelyard.compress.reduce_features` (``pca``,
+    ``ica``, ``nmf``): scores come from the train split, ``k`` from the valid split, and
+    the test split is only transformed. Writes:
+
+    * ``train.parquet``, ``valid.parquet``, ``test.parquet``: the data step's rows with
+      every original column kept (slices may name any column, and the export step checks
+      the served model on raw rows); for extraction the component columns come first.
+    * ``schema.json``: as the data step writes it; its features are the kept columns, or
+      the components (numeric), so the models see nothing else.
+    * ``features.json``: the selection's :meth:`~modelyard.compress.SelectionResult.to_dict`,
+      or the transform's figures without its arrays, plus ``family`` (selection or
+      extraction), ``k``, ``selected`` (kept columns or component names),
+      ``input_columns`` and the curve's ``chosen`` point.
+    * ``transform.json`` (extraction only): :meth:`~modelyard.compress.FeatureTransform.save`;
+      the export step puts it in front of the model (PCA, ICA) or beside it (NMF).
+    """
+
+    kind = "features"
+    VERSION = "1"
+
+    def run(self, ctx: StepContext) -> None:
+        import pandas as pd
+
+        from modelyard.compress import reduce_features, select_features
+        from modelyard.data import TabularData
+
+        cfg = self.config
+        method = cfg["method"]
+        extraction = method in FEATURE_EXTRACTION
+        meta = ctx.read_json("schema")
+        schema = _read_schema(ctx)
+        splits = {name: _read_split(ctx, name, schema) for name in _SPLITS}
+        data = TabularData(name=meta["name"], schema=schema, sources=dict(meta.get("sources") or {}), **splits)
+        inputs = list(schema.feature_names)
+        bar = ctx.progress(f"features ({method}, {len(inputs)} columns)", None)
+        try:
+            if extraction:
+                out, transform = reduce_features(data, method, cfg["k"], variance=cfg["variance"],
+                                                 target_size=cfg["target_size"], model=cfg["model"],
+                                                 seed=cfg["seed"])
+                summary = {k: v for k, v in transform.to_dict().items() if k not in _TRANSFORM_ARRAYS}
+                summary.update(family="extraction", kind="extraction", model=cfg["model"], k=transform.n_components,
+                               selected=list(transform.columns), tolerance=None, transform="transform.json",
+                               onnx_front=method != "nmf")
+            else:
+                out, result = select_features(data, method, cfg["k"], tolerance=cfg["tolerance"],
+                                              model=cfg["model"], seed=cfg["seed"])
+                summary = {**result.to_dict(), "family": "selection"}
+        except DataError as exc:
+            raise DataError(f"features ({method}): {exc}") from exc
+        except ValueError as exc:  # a k the data cannot have, a target_size below the smallest model
+            raise SpecError(f"features ({method}): {exc}") from exc
+        bar(completed=1, total=1)
+        k = int(summary["k"])
+        chosen = next(p for p in summary["curve"] if p["k"] == k)
+        summary.update(input_columns=inputs, chosen=chosen, method=method)
+        if extraction:
+            clash = [c for c in transform.columns if c in splits["train"].frame.columns]
+            if clash:
+                raise DataError(f"features ({method}): the data already has columns {clash}, the names of the "
+                                "components; rename them in the data.")
+        for name in _SPLITS:
+            frame = splits[name].frame.reset_index(drop=True)
+            if extraction:
+                components = out.splits[name].frame[list(transform.columns)].reset_index(drop=True)
+                frame = pd.concat([components, frame], axis=1)
+            with ctx.output(f"{name}.parquet") as tmp:
+                frame.to_parquet(tmp, index=False)
+        ctx.write_json("schema.json", {"name": out.name, "schema": out.schema.to_dict(),
+                                       "sources": meta.get("sources") or {}})
+        if extraction:
+            with ctx.output("transform.json") as tmp:
+                transform.save(tmp)
+        ctx.write_json("features.json", _jsonable(summary))
+        baseline = summary["baseline"]
+        ctx.record(method=method, k=k, features_in=len(inputs), metric=summary["metric"],
+                   valid_score=float(chosen["score"]),
+                   baseline_score=None if baseline is None else float(baseline["score"]))
+
+    def summary(self, figures: dict[str, Any]) -> str:
+        method, k, n = figures.get("method", "?"), figures.get("k", "?"), figures.get("features_in", "?")
+        what = f"{k} components from {n} columns" if method in FEATURE_EXTRACTION else f"kept {k} of {n} columns"
+        metric = figures.get("metric", "score")
+        score, base = figures.get("valid_score"), figures.get("baseline_score")
+        shown = f" · valid {metric} {score:.4f}" if isinstance(score, float) else ""
+        if isinstance(base, float):
+            shown += f" (all columns {base:.4f})"
+        return f"{method}: {what}{shown}"
 
 
 def _fit_torch(family: str, train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
@@ -414,11 +515,20 @@ class EvaluateStep(Step):
 
 
 class ExportStep(Step):
-    """Export the chosen model to ONNX (raw columns in) and check parity on test rows."""
+    """Export the chosen model to ONNX (raw columns in) and check parity on test rows.
+
+    After a ``features`` step with PCA or ICA, the model was trained on components: the
+    transform (``transform.json``) is composed in front of it
+    (:meth:`~modelyard.compress.FeatureTransform.compose_onnx`), so ``model.onnx`` still
+    takes the raw columns, and parity is checked between that file on raw test rows and
+    the trained model on the components. NMF has no ONNX form (each row solves a
+    non-negative least-squares problem): ``model.onnx`` then takes the components and
+    ``transform.json`` is written beside it, to be applied first.
+    """
 
     kind = "export"
-    VERSION = "1"
-    publish = {"model.onnx": "model.onnx"}
+    VERSION = "2"
+    publish = {"model.onnx": "model.onnx", "transform.json": "transform.json"}
 
     def run(self, ctx: StepContext) -> None:
         import shutil
@@ -431,12 +541,23 @@ class ExportStep(Step):
         schema = _read_schema(ctx)
         test = _read_split(ctx, "test", schema)
         src = ctx.input(f"model:{chosen}")
-        bar = ctx.progress(f"exporting {chosen} to ONNX", 1)
-        sample = test.X.head(self.config["parity_rows"])
-        if src.suffix == ".onnx":
+        transform = None
+        if "transform" in ctx.input_paths:
+            from modelyard.compress import FeatureTransform
+
+            transform = FeatureTransform.load(ctx.input("transform"))
+        compose = transform is not None and transform.method != "nmf"
+        bar = ctx.progress(f"exporting {chosen} to ONNX" + (f" behind the {transform.method} transform"
+                                                              if compose else ""), 1)
+        n_parity = self.config["parity_rows"]
+        sample = test.X.head(n_parity)
+        predictor = load_predictor(src)
+        extra: dict[str, Any] = {}
+        if compose:
+            max_abs_diff, n_rows, extra = self._compose(ctx, transform, predictor, src, chosen, test)
+        elif src.suffix == ".onnx":
             # Already ONNX (exported, with its parity check, when it was trained): check it
             # serves the test rows, then copy it.
-            predictor = load_predictor(src)
             predictor.predict(sample)
             with ctx.output("model.onnx") as tmp:
                 shutil.copyfile(src, tmp)
@@ -444,17 +565,74 @@ class ExportStep(Step):
             max_abs_diff = float(fit.get("onnx_max_abs_diff", 0.0))
             n_rows = len(sample)
         else:
-            predictor = load_predictor(src)
             with ctx.output("model.onnx") as tmp:
                 result = export_onnx(predictor, tmp, sample=sample, atol=self.config["atol"])
             max_abs_diff, n_rows = float(result.max_abs_diff), int(result.n_rows)
+        if transform is not None and not compose:
+            with ctx.output("transform.json") as tmp:
+                shutil.copyfile(ctx.input("transform"), tmp)
         bar(completed=1)
         size = ctx.outputs["model.onnx"].stat().st_size
+        if transform is None:
+            inputs, columns = "raw", list(schema.feature_names)
+        elif compose:
+            inputs, columns = "raw", list(transform.input_schema.feature_names)
+        else:
+            inputs, columns = "components", list(transform.columns)
         ctx.write_json("export.json", {"model": chosen, "family": evaluation["chosen"]["family"],
                                        "path": "model.onnx", "bytes": size,
                                        "max_abs_diff": max_abs_diff, "parity_rows": n_rows,
-                                       "atol": self.config["atol"]})
+                                       "atol": self.config["atol"], "inputs": inputs, "input_columns": columns,
+                                       "transform": None if transform is None else {
+                                           "method": transform.method, "composed": compose,
+                                           "path": None if compose else "transform.json"},
+                                       **extra})
         ctx.record(model=chosen, bytes=size, max_abs_diff=max_abs_diff)
+
+    def _compose(self, ctx: StepContext, transform: Any, predictor: Any, src: Path, chosen: str,
+                 test: Any) -> tuple[float, int, dict[str, Any]]:
+        """Write the transform's ONNX front stage composed with the chosen model; check it on raw rows.
+
+        Returns ``(max_abs_diff, parity_rows, extra figures for export.json)``.
+        """
+        import tempfile
+
+        import numpy as np
+        import onnx
+
+        from modelyard.compress import export_onnx
+        from modelyard.models import OnnxPredictor
+
+        atol = self.config["atol"]
+        n = self.config["parity_rows"]
+        components = test.X.head(n)
+        if src.suffix == ".onnx":
+            downstream = onnx.load(str(src))
+            down_diff = float(ctx.read_json(f"fit:{chosen}").get("onnx_max_abs_diff", 0.0))
+        else:
+            with tempfile.TemporaryDirectory() as tmpdir:
+                result = export_onnx(predictor, Path(tmpdir) / "model.onnx", sample=components, atol=atol)
+                downstream = onnx.load(str(result.path))
+            down_diff = float(result.max_abs_diff)
+        data = transform.compose_onnx(downstream).SerializeToString()
+        served = OnnxPredictor(data)
+        raw = test.frame.head(n)[transform.input_schema.feature_names]
+        if predictor.task == "regression":
+            expected, got = predictor.predict(components), served.predict(raw)
+            bound = atol * max(1.0, float(np.max(np.abs(expected))))
+        else:
+            expected, got = predictor.predict_proba(components), served.predict_proba(raw)
+            bound = atol
+        diff = float(np.max(np.abs(expected - got)))
+        if not diff <= bound:  # also catches NaN
+            raise ModelFormatError(
+                f"The {transform.method} transform composed with model {chosen!r} differs from the trained model by "
+                f"{diff:.3g} on {len(raw)} raw test rows (atol {bound:.3g}); nothing was written. Raise export.atol "
+                "if the difference is expected."
+            )
+        with ctx.output("model.onnx") as tmp:
+            tmp.write_bytes(data)
+        return diff, len(raw), {"downstream_max_abs_diff": down_diff}
 
 
 class ReportStep(Step):
@@ -486,10 +664,19 @@ class ReportStep(Step):
             "models": evaluation["models"],
             "search": ctx.read_json("search") if "search" in ctx.input_paths else None,
             "automl": ctx.read_json("automl") if "automl" in ctx.input_paths else None,
+            "features": None,
             "chosen": {**evaluation["chosen"], "onnx": {"path": "model.onnx", "bytes": export["bytes"],
                                                         "max_abs_diff": export["max_abs_diff"],
-                                                        "parity_rows": export["parity_rows"]}},
+                                                        "parity_rows": export["parity_rows"],
+                                                        "inputs": export.get("inputs", "raw"),
+                                                        "transform": export.get("transform")}},
         }
+        if "features" in ctx.input_paths:
+            # How the exported model is served after the features step: raw columns (selection,
+            # or PCA/ICA composed in front) or components with transform.json beside it (NMF).
+            summary["features"] = {**ctx.read_json("features"),
+                                   "serving": {"inputs": export.get("inputs", "raw"),
+                                               "transform": export.get("transform")}}
         ctx.write_json("metrics.json", summary)
         if self.config["format"] == "html":
             ctx.write_text("report.html", render_html(summary))
@@ -500,10 +687,22 @@ class ReportStep(Step):
 
 
 def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
-    """The steps of ``spec`` in execution order, with their configs and input references."""
+    """The steps of ``spec`` in execution order, with their configs and input references.
+
+    With a ``features:`` section, a :class:`FeaturesStep` follows the data step and the
+    search, automl, train, evaluate and export steps read its splits and schema instead
+    of the data step's; the export step also reads its ``transform.json`` (extraction).
+    """
     data_cfg = dict(resolved["data"])
     steps: list[Step] = [DataStep("data", data_cfg)]
-    data_in = {"train": "data:train.parquet", "valid": "data:valid.parquet", "schema": "data:schema.json"}
+    source = "data"
+    features = resolved.get("features")
+    if features is not None:
+        steps.append(FeaturesStep("features", dict(features),
+                                  {**{name: f"data:{name}.parquet" for name in _SPLITS}, "schema": "data:schema.json"}))
+        source = "features"
+    data_in = {"train": f"{source}:train.parquet", "valid": f"{source}:valid.parquet",
+               "schema": f"{source}:schema.json"}
     model_inputs: dict[str, str] = {}
     search = resolved.get("search")
     if search is not None:
@@ -524,13 +723,18 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
         model_inputs[f"model:{name}"] = f"train.{name}:{model_file}"
         model_inputs[f"fit:{name}"] = f"train.{name}:fit.json"
     eval_cfg = {**resolved["evaluate"], "select": resolved["train"]["select"]}
-    steps.append(EvaluateStep("evaluate", eval_cfg, {"valid": "data:valid.parquet", "test": "data:test.parquet",
-                                                     "schema": "data:schema.json", **model_inputs}))
-    steps.append(ExportStep("export", dict(resolved["export"]),
-                            {"evaluation": "evaluate:evaluation.json", "test": "data:test.parquet",
-                             "schema": "data:schema.json", **model_inputs}))
+    steps.append(EvaluateStep("evaluate", eval_cfg, {"valid": f"{source}:valid.parquet",
+                                                     "test": f"{source}:test.parquet",
+                                                     "schema": f"{source}:schema.json", **model_inputs}))
+    export_inputs = {"evaluation": "evaluate:evaluation.json", "test": f"{source}:test.parquet",
+                     "schema": f"{source}:schema.json", **model_inputs}
+    if features is not None and features["method"] in FEATURE_EXTRACTION:
+        export_inputs["transform"] = "features:transform.json"
+    steps.append(ExportStep("export", dict(resolved["export"]), export_inputs))
     report_inputs = {"evaluation": "evaluate:evaluation.json", "export": "export:export.json",
                      "schema": "data:schema.json", "rows": "data:rows.json"}
+    if features is not None:
+        report_inputs["features"] = "features:features.json"
     if search is not None:
         report_inputs["search"] = "search:search.json"
     if automl_cfg is not None:

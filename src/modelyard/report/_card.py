@@ -205,6 +205,7 @@ def _card_context(summary: Mapping[str, Any]) -> dict[str, Any]:
             for metric in all_metrics
         ],
         "headline_metrics": headline_metrics,
+        "feature_step": _feature_step(summary.get("features")),
         "n_numeric": sum(1 for f in features if f["kind"] == "numeric"),
         "n_categorical": sum(1 for f in features if f["kind"] == "categorical"),
         "version": __version__,
@@ -214,6 +215,23 @@ def _card_context(summary: Mapping[str, Any]) -> dict[str, Any]:
             "multiclass": "multiclass classification",
             "regression": "regression",
         }.get(view["data"]["task"], view["data"]["task"]),
+    }
+
+
+def _feature_step(features: Any) -> dict[str, Any] | None:
+    """What the pipeline's features step did, for the training-data section (None without one)."""
+    if not isinstance(features, Mapping):
+        return None
+    serving = features.get("serving") if isinstance(features.get("serving"), Mapping) else {}
+    transform = serving.get("transform") if isinstance(serving.get("transform"), Mapping) else None
+    return {
+        "method": str(features.get("method") or ""),
+        "extraction": features.get("family") == "extraction",
+        "k": features.get("k"),
+        "n_inputs": len(features.get("input_columns") or []),
+        "selected": [str(c) for c in features.get("selected") or []],
+        "reason": str(features.get("reason") or ""),
+        "transform_path": str(transform.get("path") or "") if transform and not transform.get("composed") else "",
     }
 
 

@@ -229,6 +229,10 @@ def size_accuracy_figure(
                        label=f"all features ({_bytes(baseline[0])})")
         if any_point:
             ax.set_xscale("log")
+            # The default log tick labels are mathtext ("$10^{4}$"), which prints literally with
+            # math parsing off: label the ticks as byte counts instead.
+            ax.xaxis.set_major_formatter(_byte_log_formatter(labelOnlyBase=False))
+            ax.xaxis.set_minor_formatter(_byte_log_formatter(labelOnlyBase=False))
             ax.legend(loc="lower right", frameon=True, framealpha=0.9, edgecolor=_GRID, fontsize=8)
         ax.set_xlabel(size_label)
         ax.set_ylabel(metric_label)
@@ -236,6 +240,17 @@ def size_accuracy_figure(
         if chosen:
             fig.text(0.99, 0.005, "star: chosen k", ha="right", va="bottom", fontsize=7, color=_MUTED)
     return fig
+
+
+def _byte_log_formatter(**kwargs: Any) -> Any:
+    """A log-axis tick formatter that picks ticks as matplotlib does and writes them with :func:`_bytes`."""
+    from matplotlib.ticker import LogFormatter
+
+    class _ByteLogFormatter(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return _bytes(x)
+
+    return _ByteLogFormatter(**kwargs)
 
 
 def _bytes(n: float) -> str:

@@ -30,7 +30,19 @@ section out or shows "—"::
       },
       "chosen": {"model": str, "metric": str, "split": "valid",
                  "onnx": {"path": str, "bytes": int, "max_abs_diff": float,
-                          "parity_rows": int}},                        # parity_rows optional
+                          "parity_rows": int,                          # parity_rows optional
+                          "inputs": "raw" | "components",             # optional, after a features step
+                          "transform": {"method", "composed", "path"} | None}},
+      "features": {                                                   # optional: the features step
+        "family": "selection" | "extraction", "method": str, "kind": str, "metric": "accuracy" | "r2",
+        "k": int, "reason": str, "selected": [column or component, ...], "input_columns": [column, ...],
+        "curve": [{"k", "score", "n_params", "model_bytes", "columns"}, ...], "baseline": {...} | None,
+        "chosen": {...one curve point...},
+        "scores": {column: float}, "ranking": [column, ...],            # selection
+        "explained_variance_ratio": [float, ...], "variance": float,    # extraction
+        "variance_kept": float, "target_size": int | None,
+        "serving": {"inputs": "raw" | "components", "transform": {"method", "composed", "path"} | None},
+      },
       "steps": [{"name": str, "status": "ran" | "cached", "seconds": float}, ...],
       "card": {"intended_use": str, "out_of_scope": str,              # model card only:
                "ethical_considerations": str, "caveats": str},        # owner-written text
@@ -213,7 +225,12 @@ def normalize_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
             "bytes": _num(onnx_d.get("bytes")),
             "max_abs_diff": _num(onnx_d.get("max_abs_diff")),
             "parity_rows": _num(onnx_d.get("parity_rows")),
+            "inputs": _text(onnx_d.get("inputs")),
         }
+        transform_d = _get(onnx_d, "transform", dict, f"{cs}['onnx']", None)
+        onnx.update(composed=bool(transform_d and transform_d.get("composed")),
+                    transform_method=_text(transform_d.get("method")) if transform_d else "",
+                    transform_path=_text(transform_d.get("path")) if transform_d else "")
 
     models = []
     task = _text(data.get("task"))
@@ -512,6 +529,85 @@ def _automl_section(automl: Any) -> dict[str, Any] | None:
     }
 
 
+def _curve_points(raw: Any) -> list[dict[str, Any]]:
+    """Curve points with a finite k, score and size, in k order."""
+    points = []
+    for p in raw if isinstance(raw, list) else []:
+        if not isinstance(p, Mapping):
+            continue
+        k, score, size = _num(p.get("k")), _num(p.get("score")), _num(p.get("model_bytes"))
+        if k is not None and score is not None:
+            points.append({"k": int(k), "score": score, "bytes": size})
+    return sorted(points, key=lambda p: p["k"])
+
+
+def _features_section(features: Any, *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``features`` part: the chosen k and why, the curves, the kept columns."""
+    from modelyard.report import _compress_plots
+
+    if not isinstance(features, Mapping):
+        return None
+    extraction = features.get("family") == "extraction"
+    method = _text(features.get("method")) or "features"
+    metric = _text(features.get("metric")) or "accuracy"
+    short = "accuracy" if metric == "accuracy" else metric_label(metric)
+    label = f"validation {short}"
+    k = _num(features.get("k"))
+    k = None if k is None else int(k)
+    curve = _curve_points(features.get("curve"))
+    baseline_d = features.get("baseline") if isinstance(features.get("baseline"), Mapping) else {}
+    baseline = {"score": _num(baseline_d.get("score")), "bytes": _num(baseline_d.get("model_bytes")),
+                "k": _num(baseline_d.get("k"))}
+    chosen = next((p for p in curve if p["k"] == k), None)
+    inputs = [str(c) for c in features.get("input_columns") or []]
+    selected = [str(c) for c in features.get("selected") or []]
+    scores = features.get("scores") if isinstance(features.get("scores"), Mapping) else {}
+    ranking = [str(c) for c in features.get("ranking") or []] or list(map(str, scores))
+    kept = set(selected)
+    ranked = [{"rank": i + 1, "name": c, "score": _num(scores.get(c)), "kept": c in kept}
+              for i, c in enumerate(ranking)]
+    ratios = [v for v in (_num(r) for r in features.get("explained_variance_ratio") or []) if v is not None]
+    variance = _num(features.get("variance"))
+    serving = features.get("serving") if isinstance(features.get("serving"), Mapping) else {}
+    transform = serving.get("transform") if isinstance(serving.get("transform"), Mapping) else None
+    out: dict[str, Any] = {
+        "extraction": extraction, "method": method, "kind": _text(features.get("kind")),
+        "model": _text(features.get("model")),
+        "metric": metric_label(metric), "k": k, "n_inputs": len(inputs), "reason": _text(features.get("reason")),
+        "selected": selected, "inputs": inputs, "ranked": ranked,
+        "score": chosen["score"] if chosen else None, "bytes": chosen["bytes"] if chosen else None,
+        "baseline": baseline, "tolerance": _num(features.get("tolerance")), "variance": variance,
+        "variance_kept": _num(features.get("variance_kept")), "target_size": _num(features.get("target_size")),
+        "converged": features.get("converged", True) is not False,
+        "serving_inputs": _text(serving.get("inputs")),
+        "transform_path": _text(transform.get("path")) if transform else "",
+        "composed": bool(transform.get("composed")) if transform else False,
+        "variance_chart": None, "curve_chart": None, "size_chart": None,
+    }
+    if not plots:
+        return out
+    unit = "components" if extraction else "features"
+    if extraction and ratios:
+        out["variance_chart"] = _compress_plots.explained_variance_chart(
+            ratios, chosen=k, threshold=variance, title=f"Explained variance ({method.upper()} spectrum)")
+    if curve:
+        out["curve_chart"] = _compress_plots.feature_curve_chart(
+            {method: ([p["k"] for p in curve], [p["score"] for p in curve])},
+            chosen={method: k} if k is not None else None, baseline=baseline["score"], metric_label=label,
+            xlabel=f"{unit} kept", title=f"Validation {short} against the number of {unit}")
+        sized = [p for p in curve if p["bytes"] is not None]
+        if sized:
+            size_label = ("served model parameters: MLP + transform (bytes, log scale)" if extraction
+                          else "downstream MLP weights (bytes, log scale)")
+            out["size_chart"] = _compress_plots.size_accuracy_chart(
+                {method: ([p["bytes"] for p in sized], [p["score"] for p in sized])},
+                chosen={method: (chosen["bytes"], chosen["score"])} if chosen and chosen["bytes"] else None,
+                baseline=(baseline["bytes"], baseline["score"])
+                if baseline["bytes"] is not None and baseline["score"] is not None else None,
+                size_label=size_label, metric_label=label, title=f"Model size against validation {short}")
+    return out
+
+
 def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
     from modelyard import __version__
     from modelyard.report import _plots
@@ -541,6 +637,7 @@ def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any
         **view,
         "search": _search_section(summary.get("search"), plots=plots),
         "automl": _automl_section(summary.get("automl")),
+        "features": _features_section(summary.get("features"), plots=plots),
         "title": view["pipeline"] or "modelyard run",
         "headline_metrics": headline_metrics,
         "best": {metric: _best(models, metric) for metric in headline_metrics},
