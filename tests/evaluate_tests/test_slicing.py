@@ -239,7 +239,7 @@ def test_to_dict_is_json_and_to_frame_is_long() -> None:
     ]
     assert isinstance(d["overall"]["count"], int) and d["n_rows"] == 300
     long = report.to_frame()
-    assert list(long.columns) == ["slice", "value", "metric", "score"]
+    assert list(long.columns) == ["slice", "value", "metric", "score", "small"]
     n_groups = sum(len(t) for t in report.by_slice.values())
     assert len(long) == n_groups * 3
     row = long[(long.slice == "sex") & (long.value == "Female") & (long.metric == "auc")]

@@ -9,6 +9,12 @@ Every metric has the signature ``fn(y_true, y_score) -> float``, as in fairlearn
   probability of class 1, as scikit-learn does.
 * Regression: ``y_true`` and ``y_score`` are values of shape ``(n,)``.
 
+Binary decisions take the most probable class (class 1 where ``P(class 1) > P(class
+0)``); ``"<metric>@<t>"`` names (``"precision@0.3"``, see :func:`at_threshold`) predict
+class 1 where ``P(class 1) > t`` instead. A value that is undefined on the rows given (a
+precision with nothing predicted positive, an AUC on one class) is ``nan``, never a
+silent 0.
+
 Every metric returns ``nan`` on zero rows except ``count``, which returns ``0.0``. The
 implementations are plain numpy (no scikit-learn import), so they stay fast to import
 and are checked against scikit-learn in the tests.
@@ -24,20 +30,37 @@ import numpy as np
 from modelyard._registry import Registry
 
 __all__ = [
-    "METRICS",
     "CLASSIFICATION_METRICS",
+    "ECE_BINS",
+    "METRICS",
     "REGRESSION_METRICS",
+    "THRESHOLD_METRICS",
     "MetricFn",
     "accuracy",
+    "at_threshold",
     "auc",
-    "log_loss",
+    "auc_pr",
+    "brier",
+    "check_threshold",
+    "confusion_matrix",
     "count",
-    "rmse",
-    "mae",
-    "r2",
     "default_metrics",
+    "expected_calibration_error",
+    "f1",
+    "fnr",
+    "fpr",
+    "log_loss",
+    "lookup_metric",
+    "mae",
+    "precision",
+    "r2",
+    "recall",
     "resolve_metrics",
+    "rmse",
     "roc_curve_points",
+    "selection_rate",
+    "tnr",
+    "tpr",
 ]
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -53,6 +76,7 @@ REGRESSION_METRICS: tuple[str, ...] = ("count", "rmse", "mae", "r2")
 LOG_LOSS_EPS = 1e-15
 
 _CLASSIFICATION = frozenset({"binary", "multiclass"})
+_BINARY = frozenset({"binary"})
 _REGRESSION = frozenset({"regression"})
 _ALL_TASKS = _CLASSIFICATION | _REGRESSION
 
@@ -241,6 +265,358 @@ def log_loss(y_true: Any, y_score: Any) -> float:
     return float(-np.mean(np.log(picked)))
 
 
+# -- confusion-based classification metrics ---------------------------------------------
+def _predicted(y_score: Any, n: int, threshold: float | None) -> tuple[np.ndarray, int]:
+    """Predicted class per row and the number of classes.
+
+    Without a threshold: the most probable class (ties to the lowest index, like
+    ``Predictor.predict``). With one (binary only): class 1 where ``P(class 1) >
+    threshold``, as Keras and TFMA compare.
+    """
+    p = _as_proba(y_score, n)
+    if threshold is None:
+        return p.argmax(axis=1), p.shape[1]
+    if p.shape[1] != 2:
+        raise ValueError(f"A decision threshold applies to binary tasks; y_score has {p.shape[1]} columns.")
+    return (p[:, 1] > threshold).astype(np.int64), 2
+
+
+def confusion_matrix(y_true: Any, y_score: Any, *, threshold: float | None = None) -> np.ndarray:
+    """Counts of rows by true class (rows) and predicted class (columns).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_rows,)
+        Class indices.
+    y_score : array-like of shape (n_rows, n_classes) or (n_rows,)
+        Probabilities (1-D: P(class 1) of a binary task).
+    threshold : float or None, default=None
+        Binary only: predict class 1 where ``P(class 1) > threshold``. ``None``
+        predicts the most probable class.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_classes, n_classes), dtype int64
+        ``out[i, j]`` = rows of true class ``i`` predicted as ``j`` (scikit-learn's
+        layout).
+    """
+    n = len(y_true)
+    pred, k = _predicted(y_score, n, threshold)
+    y = _as_labels(y_true, k)
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _binary_counts(y_true: Any, y_score: Any, threshold: float | None) -> tuple[float, float, float, float]:
+    cm = confusion_matrix(y_true, y_score, threshold=threshold)
+    if cm.shape != (2, 2):
+        raise ValueError(f"This metric applies to binary tasks; y_score has {cm.shape[0]} columns.")
+    tn, fp, fn, tp = (float(v) for v in cm.ravel())
+    return tn, fp, fn, tp
+
+
+def _macro(y_true: Any, y_score: Any, which: str) -> float:
+    """Macro average over the classes that occur in ``y_true`` or the prediction.
+
+    A class whose value is undefined (precision of a class never predicted, recall of a
+    class that never occurs) is left out of the average, as scikit-learn does with
+    ``zero_division=np.nan``.
+    """
+    cm = confusion_matrix(y_true, y_score).astype(np.float64)
+    tp, true, pred = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    present = (true + pred) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if which == "precision":
+            per_class = tp / pred
+        elif which == "recall":
+            per_class = tp / true
+        else:
+            per_class = 2.0 * tp / (true + pred)
+    values = per_class[present & np.isfinite(per_class)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+@_metric("precision", tasks=_CLASSIFICATION, greater_is_better=True)
+def precision(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """Fraction of the rows predicted positive that are positive.
+
+    Binary: of class 1. Multiclass: the macro average over the classes that occur in
+    ``y_true`` or the prediction, leaving out classes never predicted (their precision is
+    undefined), as scikit-learn's ``precision_score(average="macro",
+    zero_division=np.nan)``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_rows,)
+        Class indices.
+    y_score : array-like of shape (n_rows, n_classes) or (n_rows,)
+        Probabilities (1-D: P(class 1) of a binary task).
+    threshold : float or None, default=None
+        Binary only: predict class 1 where ``P(class 1) > threshold`` instead of taking
+        the most probable class.
+
+    Returns
+    -------
+    float
+        ``nan`` when nothing is predicted positive.
+    """
+    if threshold is None and _as_proba(y_score, len(y_true)).shape[1] > 2:
+        return _macro(y_true, y_score, "precision")
+    _, fp, _, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(tp, tp + fp)
+
+
+@_metric("recall", tasks=_CLASSIFICATION, greater_is_better=True)
+def recall(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """Fraction of the positive rows predicted positive (true positive rate, sensitivity).
+
+    Binary: of class 1. Multiclass: the macro average over the classes that occur in
+    ``y_true``. Parameters as :func:`precision`.
+
+    Returns
+    -------
+    float
+        ``nan`` when no row is positive.
+    """
+    if threshold is None and _as_proba(y_score, len(y_true)).shape[1] > 2:
+        return _macro(y_true, y_score, "recall")
+    _, _, fn, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(tp, tp + fn)
+
+
+@_metric("f1", tasks=_CLASSIFICATION, greater_is_better=True)
+def f1(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """Harmonic mean of precision and recall, ``2 TP / (2 TP + FP + FN)``.
+
+    Binary: of class 1. Multiclass: the macro average over the classes that occur in
+    ``y_true`` or the prediction. Parameters as :func:`precision`.
+
+    Returns
+    -------
+    float
+        ``nan`` when there is no positive row and no positive prediction.
+    """
+    if threshold is None and _as_proba(y_score, len(y_true)).shape[1] > 2:
+        return _macro(y_true, y_score, "f1")
+    _, fp, fn, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(2.0 * tp, 2.0 * tp + fp + fn)
+
+
+@_metric("tpr", tasks=_BINARY, greater_is_better=True)
+def tpr(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """True positive rate ``TP / (TP + FN)`` (binary); ``nan`` without positive rows."""
+    _, _, fn, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(tp, tp + fn)
+
+
+@_metric("fpr", tasks=_BINARY, greater_is_better=False)
+def fpr(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """False positive rate ``FP / (FP + TN)`` (binary); ``nan`` without negative rows."""
+    tn, fp, _, _ = _binary_counts(y_true, y_score, threshold)
+    return _ratio(fp, fp + tn)
+
+
+@_metric("tnr", tasks=_BINARY, greater_is_better=True)
+def tnr(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """True negative rate (specificity) ``TN / (TN + FP)`` (binary); ``nan`` without negative rows."""
+    tn, fp, _, _ = _binary_counts(y_true, y_score, threshold)
+    return _ratio(tn, tn + fp)
+
+
+@_metric("fnr", tasks=_BINARY, greater_is_better=False)
+def fnr(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """False negative rate ``FN / (FN + TP)`` (binary); ``nan`` without positive rows."""
+    _, _, fn, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(fn, fn + tp)
+
+
+@_metric("selection_rate", tasks=_BINARY, greater_is_better=None)
+def selection_rate(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
+    """Fraction of rows predicted positive (binary); ``nan`` on zero rows."""
+    tn, fp, fn, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(tp + fp, tn + fp + fn + tp)
+
+
+def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:
+    """Step-wise area under the precision-recall curve (scikit-learn's average precision)."""
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    s, pos = score[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+    tps = np.cumsum(pos)[last_of_tie].astype(np.float64)
+    gained = np.diff(np.r_[0.0, tps])
+    return float(np.sum(gained * tps / (last_of_tie + 1)) / n_pos)
+
+
+@_metric("auc_pr", tasks=_CLASSIFICATION, greater_is_better=True)
+def auc_pr(y_true: Any, y_score: Any) -> float:
+    """Area under the precision-recall curve, as average precision.
+
+    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct scores from the highest down
+    (scikit-learn's ``average_precision_score``; no interpolation). Binary: of class 1.
+    Multiclass: one-vs-rest macro average over the classes that occur in ``y_true``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_rows,)
+        Class indices.
+    y_score : array-like of shape (n_rows, n_classes) or (n_rows,)
+        Probabilities (1-D: P(class 1) of a binary task).
+
+    Returns
+    -------
+    float
+        ``nan`` when no row is positive (scikit-learn returns 0.0 with a warning).
+    """
+    n = len(y_true)
+    p = _as_proba(y_score, n)
+    y = _as_labels(y_true, p.shape[1])
+    if p.shape[1] == 2:
+        return _average_precision(y == 1, p[:, 1])
+    per_class = [_average_precision(y == c, p[:, c]) for c in range(p.shape[1])]
+    defined = [a for a in per_class if not np.isnan(a)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+@_metric("brier", tasks=_CLASSIFICATION, greater_is_better=False)
+def brier(y_true: Any, y_score: Any) -> float:
+    """Brier score: mean squared distance between the probabilities and the one-hot truth.
+
+    Binary: ``mean((P(class 1) - y)^2)``, in [0, 1] (half the sum over both columns,
+    which is the same for rows that sum to one). Multiclass: ``mean(sum_c (p_c -
+    [y = c])^2)``, in [0, 2]. This is scikit-learn's ``brier_score_loss`` with its
+    default ``scale_by_half="auto"``.
+
+    Returns
+    -------
+    float
+        ``nan`` on zero rows.
+    """
+    n = len(y_true)
+    s = np.asarray(y_score, dtype=np.float64)
+    if s.ndim == 1:
+        y = _as_labels(y_true, 2)
+        return float(np.mean((s - y) ** 2)) if n else float("nan")
+    p = _as_proba(s, n)
+    y = _as_labels(y_true, p.shape[1])
+    if n == 0:
+        return float("nan")
+    onehot = np.zeros_like(p)
+    onehot[np.arange(n), y] = 1.0
+    total = np.sum((p - onehot) ** 2, axis=1)
+    return float(np.mean(total) * (0.5 if p.shape[1] == 2 else 1.0))
+
+
+#: Equal-width confidence bins of :func:`expected_calibration_error` unless told otherwise.
+ECE_BINS = 10
+
+
+def ece_bin(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index of each confidence: ``[0, 1/B), [1/B, 2/B), ..., [1 - 1/B, 1]``."""
+    return np.minimum((confidence * bins).astype(np.int64), bins - 1)
+
+
+@_metric("ece", tasks=_CLASSIFICATION, greater_is_better=False)
+def expected_calibration_error(y_true: Any, y_score: Any, *, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the predicted class (top-label ECE).
+
+    Rows are put in ``bins`` equal-width bins by the probability of their predicted
+    class (the confidence); ECE is ``sum_b |sum_{i in b} (correct_i - confidence_i)| /
+    n``, the row-weighted gap between accuracy and mean confidence per bin (Guo et al.,
+    2017). Bins are ``[0, 1/B), ..., [1 - 1/B, 1]``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_rows,)
+        Class indices.
+    y_score : array-like of shape (n_rows, n_classes) or (n_rows,)
+        Probabilities (1-D: P(class 1) of a binary task).
+    bins : int, default=10
+
+    Returns
+    -------
+    float
+        ``nan`` on zero rows.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer; got {bins!r}.")
+    n = len(y_true)
+    p = _as_proba(y_score, n)
+    y = _as_labels(y_true, p.shape[1])
+    if n == 0:
+        return float("nan")
+    pred = p.argmax(axis=1)
+    confidence = p[np.arange(n), pred]
+    gap = (pred == y) - confidence
+    return float(np.abs(np.bincount(ece_bin(confidence, int(bins)), gap, minlength=int(bins))).sum() / n)
+
+
+#: Metrics that turn scores into decisions, and so can be asked at a threshold: ``"recall@0.3"``.
+THRESHOLD_METRICS: tuple[str, ...] = (
+    "accuracy", "precision", "recall", "f1", "tpr", "fpr", "tnr", "fnr", "selection_rate",
+)
+
+
+def _accuracy_at(y_true: Any, y_score: Any, *, threshold: float) -> float:
+    tn, fp, fn, tp = _binary_counts(y_true, y_score, threshold)
+    return _ratio(tp + tn, tn + fp + fn + tp)
+
+
+def at_threshold(name: str, threshold: float) -> MetricFn:
+    """The binary metric ``name`` with class 1 predicted where ``P(class 1) > threshold``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`THRESHOLD_METRICS`.
+    threshold : float
+        In ``[0, 1]``.
+
+    Returns
+    -------
+    callable
+        ``fn(y_true, y_score) -> float`` named ``f"{name}@{threshold:g}"``, carrying
+        ``base``, ``threshold``, ``tasks`` and ``greater_is_better``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` cannot take a threshold or ``threshold`` is outside ``[0, 1]``.
+    """
+    if name not in THRESHOLD_METRICS:
+        raise ValueError(f"Metric {name!r} takes no decision threshold; ones that do: {list(THRESHOLD_METRICS)}.")
+    t = check_threshold(threshold)
+    base = _accuracy_at if name == "accuracy" else METRICS.get(name)
+
+    def fn(y_true: Any, y_score: Any) -> float:
+        return base(y_true, y_score, threshold=t)
+
+    fn.__name__ = f"{name}@{t:g}"
+    fn.__doc__ = f"{name} with class 1 predicted where P(class 1) > {t:g}."
+    fn.base = name  # type: ignore[attr-defined]
+    fn.threshold = t  # type: ignore[attr-defined]
+    fn.tasks = _BINARY  # type: ignore[attr-defined]
+    fn.greater_is_better = METRICS.get(name).greater_is_better  # type: ignore[attr-defined]
+    return fn
+
+
+def check_threshold(value: Any, what: str = "threshold") -> float:
+    """A decision threshold as a float in ``[0, 1]``; a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"A {what} must be a number in [0, 1]; got {value!r}.")
+    t = float(value)
+    if not (0.0 <= t <= 1.0):
+        raise ValueError(
+            f"A {what} must lie in [0, 1], since scores are probabilities; got {value!r}."
+        )
+    return t
+
+
 # -- regression ----------------------------------------------------------------------
 def _regression_pair(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
     t = _as_values(y_true, "y_true")
@@ -284,6 +660,28 @@ def r2(y_true: Any, y_score: Any) -> float:
 
 
 # -- resolving -----------------------------------------------------------------------
+def lookup_metric(name: str) -> MetricFn:
+    """A metric by name: a registered one, or ``"<metric>@<threshold>"`` (``"recall@0.3"``).
+
+    Raises
+    ------
+    ValueError
+        On an unknown name, a metric that takes no threshold, or a threshold outside
+        ``[0, 1]`` or not a number.
+    """
+    if "@" in name:
+        base, _, raw = name.partition("@")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"Metric {name!r}: {raw!r} is not a threshold; write it as <metric>@<number in [0, 1]>, "
+                "e.g. 'recall@0.3'."
+            ) from None
+        return at_threshold(base, value)
+    return METRICS.get(name)
+
+
 def default_metrics(task: str) -> tuple[str, ...]:
     """Names of the default metrics of a task (``"binary"``, ``"multiclass"``, ``"regression"``)."""
     if task in _CLASSIFICATION:
@@ -301,7 +699,9 @@ def resolve_metrics(
     Parameters
     ----------
     metrics : sequence of str or callable, mapping of str to callable, or None
-        Names are looked up in :data:`METRICS`; a callable is named by its
+        Names are looked up in :data:`METRICS`, and ``"<metric>@<t>"`` names a
+        binary metric of :data:`THRESHOLD_METRICS` at decision threshold ``t``
+        (``"recall@0.3"``); a callable is named by its
         ``__name__``; a mapping names callables explicitly. ``None`` gives
         :func:`default_metrics`. ``count`` is always included (a per-group value means
         little without the number of rows behind it).
@@ -329,7 +729,7 @@ def resolve_metrics(
         pairs = []
         for m in metrics:
             if isinstance(m, str):
-                pairs.append((m, METRICS.get(m)))
+                pairs.append((m, lookup_metric(m)))
             elif callable(m):
                 pairs.append((getattr(m, "__name__", repr(m)), m))
             else:

@@ -1,198 +1,58 @@
 """Metrics per slice of the data: :class:`SliceReport`, in the shape of fairlearn's MetricFrame.
 
 A *slice* splits the rows into groups by one column (``"sex"``), by a cross of columns
-(``("sex", "race")``), or by numeric buckets (``{"feature": "age", "buckets": [25, 45,
-65]}``). Every metric is computed overall and on every group of every slice, once, in the
-constructor; the object then only answers questions.
+(``("sex", "race")``), by numeric buckets (``{"feature": "age", "buckets": [25, 45,
+65]}`` or ``{"feature": "age", "quantiles": 4}``), or by a named predicate (``{"name":
+"young", "where": "age < 30"}``). Every metric is computed overall and on every group of
+every slice, once, in the constructor; the object then only answers questions.
 
-The groups of a slice are found by turning each column into integer codes (values in
-sorted order, missing values last) and combining the codes of a cross into one code.
-This is the layout the later bincount engine works on; here each group is scored by
-calling the metric on its rows.
+Built-in metrics come from the vectorized engine (:mod:`._engine`): sufficient
+statistics per group from ``np.bincount`` and one sort per score column, so the cost is
+a few passes over the rows whatever the number of groups, and Poisson-bootstrap
+intervals are matrix operations over all replicates. A user's own callable is called on
+each group's rows, as fairlearn does.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from modelyard.data._schema import Schema, category_strings, encode_target
+from modelyard.data._schema import Schema, encode_target
 from modelyard.data._tabular import TabularSplit
 from modelyard.errors import DataError
-from modelyard.evaluate._metrics import MetricFn, resolve_metrics
-
-__all__ = ["SliceReport", "evaluate_predictor", "bucket_labels", "MISSING", "CROSS"]
-
-#: Group label of the rows whose slice value is missing.
-MISSING = "(missing)"
-#: Joins the column names and the values of a cross: ``"sex × race"``, ``"Female × White"``.
-CROSS = " × "
-
-_UNKNOWN_COLUMN = "Slice column {column!r} (in slices[{index}]) does not exist. Columns are: {columns}. {hint}"
-_BAD_SLICE = (
-    "slices[{index}] must be a column name, a tuple of column names (a cross), or "
-    '{{"feature": name, "buckets": [edges...]}}; got {value!r}.'
+from modelyard.evaluate import _engine as E
+from modelyard.evaluate._accumulate import (
+    Result,
+    SliceAccumulator,
+    plan_metrics,
+    validate_arrays,
 )
+from modelyard.evaluate._groups import (
+    _UNKNOWN_COLUMN,  # noqa: F401 - re-exported for callers that format the message
+    CROSS,
+    MISSING,
+    Slice,
+    bucket_labels,
+    check_columns,
+    parse_slices,
+    resolve_quantiles,
+)
+from modelyard.evaluate._metrics import MetricFn
+
+__all__ = ["CROSS", "MISSING", "SliceReport", "bucket_labels", "evaluate_predictor"]
+
 _TASKS = ("binary", "multiclass", "regression")
 
 
-@dataclass(frozen=True)
-class _Part:
-    """One column of a slice, optionally cut into numeric buckets."""
-
-    column: str
-    buckets: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class _Slice:
-    name: str
-    parts: tuple[_Part, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "features": [p.column for p in self.parts]}
-        buckets = {p.column: list(p.buckets) for p in self.parts if p.buckets is not None}
-        if buckets:
-            out["buckets"] = buckets
-        return out
-
-
-# -- parsing slice specs ---------------------------------------------------------------
-def _parse_part(item: Any, index: int) -> _Part:
-    if isinstance(item, str):
-        if not item:
-            raise ValueError(f"slices[{index}] names an empty column; give a column name.")
-        return _Part(item)
-    if isinstance(item, Mapping):
-        unknown = sorted(set(item) - {"feature", "buckets"})
-        if unknown or "feature" not in item or "buckets" not in item:
-            raise ValueError(
-                f'slices[{index}] must have exactly the keys "feature" and "buckets"; got keys {sorted(item)}.'
-            )
-        feature, buckets = item["feature"], item["buckets"]
-        if not isinstance(feature, str) or not feature:
-            raise TypeError(f"slices[{index}].feature must be a column name (a string); got {feature!r}.")
-        if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or len(buckets) == 0:
-            raise ValueError(
-                f"slices[{index}].buckets must be a non-empty list of increasing numbers; got {buckets!r}."
-            )
-        edges = []
-        for b in buckets:
-            if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) or not math.isfinite(b):
-                raise ValueError(f"slices[{index}].buckets must hold finite numbers; got {b!r} in {list(buckets)}.")
-            edges.append(float(b))
-        if any(b <= a for a, b in zip(edges, edges[1:])):
-            raise ValueError(f"slices[{index}].buckets must be strictly increasing; got {list(buckets)}.")
-        return _Part(feature, tuple(edges))
-    raise TypeError(_BAD_SLICE.format(index=index, value=item))
-
-
-def _parse_slices(slices: Any) -> list[_Slice]:
-    if slices is None:
-        return []
-    if isinstance(slices, (str, Mapping)):
-        raise TypeError(
-            f"slices must be a list of slice specs; got {slices!r}. "
-            f"It should probably be a list containing it: slices=[{slices!r}]."
-        )
-    out: list[_Slice] = []
-    where: dict[str, int] = {}
-    for index, item in enumerate(slices):
-        if isinstance(item, (tuple, list)):
-            if len(item) == 0:
-                raise ValueError(f"slices[{index}] is an empty cross; name at least one column.")
-            parts = tuple(_parse_part(p, index) for p in item)
-        else:
-            parts = (_parse_part(item, index),)
-        columns = [p.column for p in parts]
-        if len(set(columns)) != len(columns):
-            raise ValueError(f"slices[{index}] crosses a column with itself: {columns}.")
-        name = CROSS.join(columns)
-        if name in where:
-            raise ValueError(
-                f"Slice {name!r} is given twice (slices[{where[name]}] and slices[{index}]); remove one."
-            )
-        where[name] = index
-        out.append(_Slice(name, parts))
-    return out
-
-
-# -- grouping --------------------------------------------------------------------------
-def _fmt_edge(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
-
-
-def bucket_labels(edges: Sequence[float]) -> list[str]:
-    """Labels of the buckets cut at ``edges``: ``< e0``, ``[e0, e1)``, ..., ``>= e_last``."""
-    e = [_fmt_edge(x) for x in edges]
-    return [f"< {e[0]}", *(f"[{a}, {b})" for a, b in zip(e, e[1:])), f">= {e[-1]}"]
-
-
-def _codes(series: pd.Series, part: _Part, index: int) -> tuple[np.ndarray, list[str]]:
-    """Integer code per row (``len(labels) - 1`` = missing, when present) and the labels."""
-    missing = series.isna().to_numpy()
-    if part.buckets is not None:
-        if not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)):
-            try:
-                values = pd.to_numeric(series, errors="raise")
-            except (ValueError, TypeError) as exc:
-                raise DataError(
-                    f"Column {part.column!r} (slices[{index}]) is bucketed but holds non-numeric values "
-                    f"(dtype {series.dtype}); bucket a numeric column or slice by its values instead."
-                ) from exc
-        else:
-            values = series
-        x = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        labels = bucket_labels(part.buckets)
-        codes = np.searchsorted(np.asarray(part.buckets), np.where(missing, 0.0, x), side="right").astype(np.int64)
-    else:
-        present = series[~missing]
-        try:
-            uniques = sorted(pd.unique(present))  # natural order: 2 < 10, False < True
-        except TypeError:  # mixed types: order as strings
-            uniques = sorted(pd.unique(present), key=lambda v: category_strings([v])[0])
-        strings = list(category_strings(pd.Series(uniques, dtype=object)))
-        # Values that print the same (3 and 3.0) are one group.
-        labels = list(dict.fromkeys(strings))
-        lookup = {s: i for i, s in enumerate(labels)}
-        codes = np.zeros(len(series), dtype=np.int64)
-        if len(present):
-            codes[~missing] = [lookup[s] for s in category_strings(present)]
-    if missing.any():
-        codes[missing] = len(labels)
-        labels = [*labels, MISSING]
-    return codes, labels
-
-
-def _groups(columns: Mapping[str, pd.Series], n: int, sl: _Slice, index: int) -> tuple[np.ndarray, list[str]]:
-    """Rows of each group: ``(group_code_per_row, group_labels)`` over observed groups only."""
-    combined = np.zeros(n, dtype=np.int64)
-    all_labels: list[list[str]] = []
-    for part in sl.parts:
-        codes, labels = _codes(columns[part.column], part, index)
-        combined = combined * len(labels) + codes
-        all_labels.append(labels)
-    observed, group = np.unique(combined, return_inverse=True)  # sorted: first column varies slowest
-    names = []
-    for code in observed:
-        pieces = []
-        for labels in reversed(all_labels):
-            code, digit = divmod(int(code), len(labels))
-            pieces.append(labels[digit])
-        names.append(CROSS.join(reversed(pieces)))
-    return group.reshape(-1), names
-
-
-def _nan_to_none(v: float) -> float | None:
+def _nan_to_none(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
-# -- the report ------------------------------------------------------------------------
 class SliceReport:
     """Metrics overall and on every group of every slice, computed at construction.
 
@@ -211,18 +71,45 @@ class SliceReport:
         Holds the slice columns, one row per element of ``y_true`` (matched by
         position, not index). May be ``None`` when ``slices`` is empty.
     slices : list
-        Each item is a column name (``"sex"``), a tuple of column names for a cross
-        (``("sex", "race")``, named ``"sex × race"`` with values like
-        ``"Female × White"``), or numeric buckets ``{"feature": "age", "buckets": [25,
-        45, 65]}`` with groups ``< 25``, ``[25, 45)``, ``[45, 65)``, ``>= 65``. A cross
-        may include a bucket spec. Rows with a missing value form the group
-        ``(missing)``. Groups are those observed in the data, in value order (buckets in
-        bucket order), ``(missing)`` last.
+        Each item is
+
+        * a column name (``"sex"``): one group per value;
+        * a tuple of items, crossed (``("sex", "race")``, named ``"sex × race"`` with
+          groups like ``"Female × White"``);
+        * numeric buckets ``{"feature": "age", "buckets": [25, 45, 65]}`` with groups
+          ``< 25``, ``[25, 45)``, ``[45, 65)``, ``>= 65``, or quantile buckets
+          ``{"feature": "age", "quantiles": 4}`` (edges at the quartiles of the data;
+          a list of probabilities also works);
+        * a named predicate ``{"name": "young", "where": "age < 30"}`` (a pandas
+          expression) or ``{"name": ..., "where": fn}`` with ``fn(frame)`` returning a
+          boolean mask; its groups are ``"True"`` and ``"False"``.
+
+        Rows with a missing value form the group ``(missing)``. Groups are those
+        observed in the data, in value order (buckets in bucket order), ``(missing)``
+        last. The overall slice is always there (:attr:`overall`).
     metrics : list of str or callable, dict of str to callable, or None
-        Names from :data:`~modelyard.evaluate.METRICS` or callables; ``None`` uses the
-        task's defaults (``count, accuracy, auc, log_loss`` or ``count, rmse, mae, r2``).
+        Names from :data:`~modelyard.evaluate.METRICS` (``"precision@0.3"`` asks a
+        threshold metric at a decision threshold) or callables; ``None`` uses the task's
+        defaults (``count, accuracy, auc, log_loss`` or ``count, rmse, mae, r2``).
         ``count`` is always included.
     task : {"binary", "multiclass", "regression"}
+    thresholds : list of float or None, default=None
+        Binary: also compute every threshold metric asked (accuracy, precision, recall,
+        f1, tpr, fpr, tnr, fnr, selection_rate) at each of these decision thresholds,
+        named ``"<metric>@<t>"``; class 1 is predicted where ``P(class 1) > t``.
+    bootstrap : int, default=0
+        Number of Poisson-bootstrap replicates for confidence intervals of every metric
+        and group (TFMA's method: each row weighted by a Poisson(1) draw per replicate);
+        0 computes none. 200 is a common choice.
+    confidence : float, default=0.95
+        Level of the percentile intervals.
+    seed : int, default=0
+        Seed of the bootstrap weights.
+    min_count : int or None, default=30
+        Groups with fewer rows are flagged in :attr:`small` (their values, and more so
+        their intervals, are unreliable). ``None`` flags none.
+    ece_bins : int, default=10
+        Equal-width confidence bins of the expected calibration error (``"ece"``).
 
     Attributes
     ----------
@@ -233,14 +120,26 @@ class SliceReport:
     metrics : list of str
         The metric names, ``count`` first.
     n_rows : int
+    intervals : dict or None
+        With ``bootstrap``: ``{"overall": {metric: (low, high)}, "by_slice": {slice:
+        {group: {metric: (low, high)}}}}``; an interval is ``(nan, nan)`` when no
+        replicate defines the value.
+    small : dict of str to list of str
+        ``{slice: [groups with fewer than min_count rows]}``.
+    confusion : dict or None
+        Classification: ``{"overall": array, "by_slice": {slice: {group: array}}}``,
+        arrays of shape ``(n_classes, n_classes)``, true class by predicted class.
+    auc_error_bound : dict or None
+        Only from a streaming pass with ``auc_bins``: the largest possible error of each
+        binned AUC.
 
     Raises
     ------
     DataError
         If a slice column does not exist (the message lists the columns), lengths
-        differ, or scores are not finite.
+        differ, scores are not finite, or a predicate does not give booleans.
     ValueError, TypeError
-        On a malformed slice spec or metric list; the message names ``slices[i]``.
+        On a malformed slice spec, metric list or threshold; the message names the item.
 
     Examples
     --------
@@ -265,30 +164,19 @@ class SliceReport:
         slices: Sequence[Any],
         metrics: Sequence[str | MetricFn] | Mapping[str, MetricFn] | None = None,
         task: str,
+        thresholds: Sequence[float] | None = None,
+        bootstrap: int = 0,
+        confidence: float = 0.95,
+        seed: int = 0,
+        min_count: int | None = 30,
+        ece_bins: int = 10,
     ) -> None:
         if task not in _TASKS:
             raise ValueError(f"task must be one of {list(_TASKS)}; got {task!r}.")
-        self.task = task
-        specs = _parse_slices(slices)
-        fns = resolve_metrics(metrics, task)
-        self.metrics: list[str] = list(fns)
-
-        y_true = np.asarray(y_true)
-        y_score = np.asarray(y_score)
-        if y_true.ndim != 1:
-            raise DataError(f"y_true must be 1-D (one value per row); got shape {y_true.shape}.")
-        n = y_true.shape[0]
-        if y_score.shape[:1] != (n,):
-            raise DataError(
-                f"y_true has {n} rows but y_score has shape {y_score.shape}; pass one prediction per row."
-            )
-        if np.issubdtype(y_score.dtype, np.number) and not np.all(np.isfinite(y_score)):
-            bad = int(np.sum(~np.isfinite(y_score.reshape(n, -1)).all(axis=1))) if n else 0
-            raise DataError(
-                f"y_score has {bad} rows with NaN or infinite values; the model produced invalid outputs."
-            )
-        _check_y_true(y_true, y_score, task)
-        series: dict[str, pd.Series] = {}
+        specs = parse_slices(slices)
+        fns, engine, custom = plan_metrics(metrics, task, thresholds)
+        y, s = validate_arrays(y_true, y_score, task)
+        n = y.shape[0]
         if specs:
             if not isinstance(frame, pd.DataFrame):
                 raise TypeError(
@@ -297,42 +185,82 @@ class SliceReport:
             if len(frame) != n:
                 raise DataError(f"frame has {len(frame)} rows but y_true has {n}; they must describe the same rows.")
             columns = [str(c) for c in frame.columns]
-            for index, sl in enumerate(specs):
-                for part in sl.parts:
-                    if part.column not in columns:
-                        raise DataError(
-                            _UNKNOWN_COLUMN.format(
-                                column=part.column, index=index, columns=columns, hint=_hint(part.column, columns)
-                            )
-                        )
-                    if columns.count(part.column) > 1:
-                        raise DataError(
-                            f"Slice column {part.column!r} (in slices[{index}]) appears {columns.count(part.column)} "
-                            "times in the frame; give every column a unique name."
-                        )
-                    # Look the column up by position: frame labels may be non-strings (0, 1, ...).
-                    series[part.column] = frame.iloc[:, columns.index(part.column)]
-        self.n_rows = int(n)
-        self._slices = specs
+            check_columns(specs, columns)
+            specs = resolve_quantiles(specs, lambda c: frame.iloc[:, columns.index(c)])
+        acc = SliceAccumulator(
+            task=task, slices=specs, metrics={name: fns[name] for name, _, _ in engine}, bootstrap=bootstrap,
+            confidence=confidence, seed=seed, min_count=min_count, ece_bins=ece_bins, _hold_rows=True,
+        )
+        acc.add(y, s, frame if specs else None)
+        groupings = acc.groupings()
+        result = acc.result(groupings)
+        if custom:
+            _custom_metrics(result, {m: fns[m] for m in custom}, y, s, acc, groupings)
+        result.metrics = [m for m in fns]  # resolved order, count first
+        self._fill(result)
 
-        self.overall: dict[str, float] = {name: float(fn(y_true, y_score)) for name, fn in fns.items()}
-        self.by_slice: dict[str, dict[str, dict[str, float]]] = {}
-        for index, sl in enumerate(specs):
-            group, names = _groups(series, n, sl, index)
-            order = np.argsort(group, kind="stable")
-            bounds = np.searchsorted(group[order], np.arange(len(names) + 1))
-            table: dict[str, dict[str, float]] = {}
-            for g, label in enumerate(names):
-                rows = order[bounds[g] : bounds[g + 1]]
-                yt, ys = y_true[rows], y_score[rows]
-                table[label] = {name: float(fn(yt, ys)) for name, fn in fns.items()}
-            self.by_slice[sl.name] = table
+    @classmethod
+    def _from_result(cls, result: Result) -> SliceReport:
+        report = cls.__new__(cls)
+        report._fill(result)
+        return report
+
+    def _fill(self, result: Result) -> None:
+        self.task = result.task
+        self.n_rows = int(result.n_rows)
+        self.metrics: list[str] = list(result.metrics)
+        self._slices: list[Slice] = list(result.specs)
+        order = self.metrics
+        self.overall: dict[str, float] = {m: result.overall[m] for m in order}
+        self.by_slice: dict[str, dict[str, dict[str, float]]] = {
+            s: {g: {m: v[m] for m in order} for g, v in t.items()} for s, t in result.by_slice.items()
+        }
+        self.thresholds = list(result.thresholds)
+        self.min_count = result.min_count
+        self.small: dict[str, list[str]] = {
+            s: [g for g, v in t.items() if result.min_count is not None and v["count"] < result.min_count]
+            for s, t in self.by_slice.items()
+        }
+        self.intervals: dict[str, Any] | None = None
+        self.confidence: float | None = None
+        self.replicates = 0
+        if result.intervals is not None:
+            ci = result.intervals
+            self.confidence, self.replicates = ci["confidence"], ci["replicates"]
+            self.intervals = {
+                "overall": {m: tuple(ci["overall"][m]) for m in order},
+                "by_slice": {s: {g: {m: tuple(v[m]) for m in order} for g, v in t.items()}
+                             for s, t in ci["by_slice"].items()},
+            }
+        self.confusion = result.confusion
+        self.auc_error_bound = result.auc_bound
 
     # -- questions -------------------------------------------------------------------
     @property
     def slices(self) -> list[str]:
         """The slice names, in the order given."""
         return [s.name for s in self._slices]
+
+    def interval(self, metric: str, slice: str | None = None, group: str | None = None) -> tuple[float, float]:
+        """The bootstrap interval of ``metric`` overall, or on one group of one slice.
+
+        Raises
+        ------
+        ValueError
+            If the report has no intervals (``bootstrap=0``) or the names are unknown.
+        """
+        if self.intervals is None:
+            raise ValueError("This report has no intervals; build it with bootstrap=200 (for example).")
+        if metric not in self.overall:
+            raise ValueError(f"Unknown metric {metric!r}; this report has {self.metrics}.")
+        if slice is None:
+            return self.intervals["overall"][metric]
+        table = self.intervals["by_slice"].get(slice)
+        if table is None:
+            raise ValueError(f"Unknown slice {slice!r}; this report has {self.slices}.")
+        if group not in table:
+            raise ValueError(f"Slice {slice!r} has no group {group!r}; it has {list(table)}.")
+        return table[group][metric]
 
     def difference(self, metric: str, *, method: str = "between_groups") -> dict[str, float]:
         """Largest gap in ``metric`` within each slice.
@@ -373,81 +301,118 @@ class SliceReport:
         Returns
         -------
         dict
-            ``{"task", "n_rows", "metrics", "slices": [{"name", "features", "buckets"?}],
-            "overall": {metric: value}, "by_slice": {slice: {group: {metric: value}}}}``.
+            ``{"task", "n_rows", "metrics", "slices": [{"name", "features", "buckets"?,
+            "quantiles"?, "where"?}], "overall": {metric: value}, "by_slice": {slice:
+            {group: {metric: value}}}, "min_count", "small": {slice: [group]}}``, plus
+            ``"thresholds"`` when asked, ``"intervals"`` (``{"confidence",
+            "replicates", "overall": {metric: [low, high]}, "by_slice": ...}``) with a
+            bootstrap, ``"confusion"`` (nested lists) for classification and
+            ``"auc_error_bound"`` for binned AUCs.
         """
 
         def clean(values: dict[str, float]) -> dict[str, Any]:
             return {k: (int(v) if k == "count" and not math.isnan(v) else _nan_to_none(v)) for k, v in values.items()}
 
-        return {
+        def pair(values: dict[str, tuple[float, float]]) -> dict[str, Any]:
+            return {k: [_nan_to_none(float(a)), _nan_to_none(float(b))] for k, (a, b) in values.items()}
+
+        out: dict[str, Any] = {
             "task": self.task,
             "n_rows": self.n_rows,
             "metrics": list(self.metrics),
             "slices": [s.to_dict() for s in self._slices],
             "overall": clean(self.overall),
             "by_slice": {s: {g: clean(v) for g, v in t.items()} for s, t in self.by_slice.items()},
+            "min_count": self.min_count,
+            "small": {s: list(g) for s, g in self.small.items()},
         }
+        if self.thresholds:
+            out["thresholds"] = list(self.thresholds)
+        if self.intervals is not None:
+            out["intervals"] = {
+                "confidence": self.confidence,
+                "replicates": self.replicates,
+                "overall": pair(self.intervals["overall"]),
+                "by_slice": {s: {g: pair(v) for g, v in t.items()} for s, t in self.intervals["by_slice"].items()},
+            }
+        if self.confusion is not None:
+            out["confusion"] = {
+                "overall": self.confusion["overall"].tolist(),
+                "by_slice": {s: {g: cm.tolist() for g, cm in t.items()} for s, t in self.confusion["by_slice"].items()},
+            }
+        if self.auc_error_bound is not None:
+            b = self.auc_error_bound
+            out["auc_error_bound"] = {
+                "overall": _nan_to_none(b["overall"]),
+                "by_slice": {s: {g: _nan_to_none(v) for g, v in t.items()} for s, t in b["by_slice"].items()},
+            }
+        return out
 
     def to_frame(self) -> pd.DataFrame:
-        """Long table with columns ``slice``, ``value`` (the group), ``metric`` and ``score``.
+        """Long table: ``slice``, ``value`` (the group), ``metric``, ``score``, ``small``.
 
-        One row per slice, group and metric, in report order; the overall values are in
-        :attr:`overall`, not here.
+        One row per slice, group and metric, in report order; ``small`` flags groups with
+        fewer than :attr:`min_count` rows. With a bootstrap, ``lower`` and ``upper``
+        follow. The overall values are in :attr:`overall`, not here.
         """
-        rows = [
-            (s, g, m, v)
-            for s, table in self.by_slice.items()
-            for g, values in table.items()
-            for m, v in values.items()
-        ]
-        return pd.DataFrame(rows, columns=["slice", "value", "metric", "score"]).astype(
-            {"slice": object, "value": object, "metric": object, "score": np.float64}
-        )
+        rows = []
+        for s, table in self.by_slice.items():
+            flagged = set(self.small.get(s, []))
+            for g, values in table.items():
+                for m, v in values.items():
+                    row = [s, g, m, v, g in flagged]
+                    if self.intervals is not None:
+                        row += list(self.intervals["by_slice"][s][g][m])
+                    rows.append(row)
+        columns = ["slice", "value", "metric", "score", "small"]
+        types: dict[str, Any] = {"slice": object, "value": object, "metric": object, "score": np.float64,
+                                 "small": bool}
+        if self.intervals is not None:
+            columns += ["lower", "upper"]
+            types.update(lower=np.float64, upper=np.float64)
+        return pd.DataFrame(rows, columns=columns).astype(types)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={int(v)}" if k == "count" else f"{k}={v:.4g}" for k, v in self.overall.items())
+        shown = ", ".join(
+            f"{k}={int(v)}" if k == "count" else f"{k}={v:.4g}" for k, v in self.overall.items()
+        )
         return f"SliceReport(task={self.task!r}, n_rows={self.n_rows}, slices={self.slices}, overall: {shown})"
 
 
-def _check_y_true(y_true: np.ndarray, y_score: np.ndarray, task: str) -> None:
-    """Classification: integer class indices within the score's columns. Regression: finite values."""
-    if task == "regression":
-        if not np.issubdtype(y_true.dtype, np.number) or not np.all(np.isfinite(y_true.astype(np.float64))):
-            raise DataError(
-                "y_true must hold finite numbers for a regression task; drop rows with a missing target."
-            )
-        return
-    n_classes = 2 if y_score.ndim == 1 else (y_score.shape[1] if y_score.ndim == 2 else 0)
-    if y_score.ndim not in (1, 2) or n_classes < 2:
-        raise DataError(
-            f"y_score must be probabilities of shape (n_rows, n_classes) with n_classes >= 2 for a {task} task "
-            f"(or (n_rows,) for binary); got shape {y_score.shape}."
-        )
-    if task == "binary" and n_classes != 2:
-        raise DataError(f"task='binary' but y_score has {n_classes} columns; use task='multiclass'.")
-    if y_true.size == 0:
-        return
-    if not (np.issubdtype(y_true.dtype, np.integer) or np.issubdtype(y_true.dtype, np.bool_)):
-        numeric = np.issubdtype(y_true.dtype, np.number)
-        if not numeric or not np.all(np.mod(y_true.astype(np.float64), 1) == 0):
-            raise DataError(
-                f"y_true must hold class indices 0..{n_classes - 1} (got dtype {y_true.dtype}); "
-                "encode labels with modelyard.data.encode_target."
-            )
-    lo, hi = int(y_true.min()), int(y_true.max())
-    if lo < 0 or hi >= n_classes:
-        raise DataError(
-            f"y_true holds class index {lo if lo < 0 else hi}, outside 0..{n_classes - 1} "
-            f"for probabilities with {n_classes} columns."
-        )
-
-
-def _hint(column: str, columns: list[str]) -> str:
-    lowered = {c.lower(): c for c in columns}
-    if column.lower() in lowered:
-        return f"Did you mean {lowered[column.lower()]!r}? Names are case-sensitive."
-    return "Fix the slice spec, or pass a frame that holds the column."
+def _custom_metrics(result: Result, fns: dict[str, MetricFn], y: np.ndarray, s: np.ndarray, acc: SliceAccumulator,
+                    groupings: list[Any]) -> None:
+    """Call each custom metric on every group's rows (and resampled rows, with a bootstrap)."""
+    _, cell = acc._held  # type: ignore[misc]
+    for grp in groupings:
+        G = len(grp.labels)
+        group_rows = grp.cell_group[cell]
+        order = np.argsort(group_rows, kind="stable")
+        bounds = np.searchsorted(group_rows[order], np.arange(G + 1))
+        members = [order[bounds[g] : bounds[g + 1]] for g in range(G)]
+        target = {"(all)": result.overall} if grp.name is None else result.by_slice[grp.name]
+        for g, label in enumerate(grp.labels):
+            idx = members[g]
+            for name, fn in fns.items():
+                target[label][name] = float(fn(y[idx], s[idx]))
+        if result.intervals is not None:
+            R = result.intervals["replicates"]
+            conf = result.intervals["confidence"]
+            reps = {name: np.full((G, R), np.nan) for name in fns}
+            boot = acc.memory_bootstrap()
+            step = max(1, min(R, (64 << 20) // max(y.shape[0], 1)))
+            for r0, r1 in E.chunks(R, step):
+                W = boot.weights(r0, r1)  # the engine's weights, so replicates agree across metrics
+                for g in range(G):
+                    idx = members[g]
+                    for r in range(r1 - r0):
+                        take = np.repeat(idx, W[r, idx])
+                        for name, fn in fns.items():
+                            reps[name][g, r0 + r] = float(fn(y[take], s[take])) if take.size else np.nan
+            box = result.intervals["overall"] if grp.name is None else result.intervals["by_slice"][grp.name]
+            for name in fns:
+                lo, hi = E.percentile_interval(reps[name], conf)
+                for g, label in enumerate(grp.labels):
+                    (box if grp.name is None else box[label])[name] = [float(lo[g]), float(hi[g])]
 
 
 # -- from a predictor --------------------------------------------------------------------
@@ -457,6 +422,7 @@ def evaluate_predictor(
     *,
     slices: Sequence[Any],
     metrics: Sequence[str | MetricFn] | Mapping[str, MetricFn] | None = None,
+    **options: Any,
 ) -> SliceReport:
     """Score a predictor on one split, overall and per slice.
 
@@ -472,6 +438,9 @@ def evaluate_predictor(
         As in :class:`SliceReport`.
     metrics : list of str or callable, dict, or None, default=None
         ``None`` gives the task's defaults.
+    **options
+        ``thresholds``, ``bootstrap``, ``confidence``, ``seed``, ``min_count``,
+        ``ece_bins``: as in :class:`SliceReport`.
 
     Returns
     -------
@@ -497,7 +466,8 @@ def evaluate_predictor(
     if missing:
         raise DataError(f"The frame lacks the model's feature columns {missing}. Columns are: {columns}.")
     y_true = encode_target(frame[schema.target], schema)
-    X = frame[list(predictor.feature_names)]  # noqa: N806 - the conventional name
+    X = frame[list(predictor.feature_names)]
     task = predictor.task
     y_score = predictor.predict(X) if task == "regression" else predictor.predict_proba(X)
-    return SliceReport(y_true=y_true, y_score=y_score, frame=frame, slices=slices, metrics=metrics, task=task)
+    return SliceReport(y_true=y_true, y_score=y_score, frame=frame, slices=slices, metrics=metrics, task=task,
+                       **options)
