@@ -25,11 +25,71 @@ from modelyard.compress._prune import (
     weight_sparsity,
 )
 from modelyard.compress._structured import StructuredResult, UnitGroup, prune_structured, unit_groups, unit_importance
+from modelyard.compress._qat import (
+    ActivationQuantizer,
+    QATConv2d,
+    QATExport,
+    QATLinear,
+    calibrate_qat,
+    export_qat_onnx,
+    fake_quantize,
+    prepare_qat,
+    qat_finetune,
+    qat_layers,
+    to_float,
+    weight_qparams,
+)
+from modelyard.compress._quantize import (
+    CALIBRATION_METHODS,
+    DYNAMIC_OP_TYPES,
+    QUANT_KEY,
+    STATIC_OP_TYPES,
+    CalibrationReader,
+    QuantSpec,
+    QuantizeResult,
+    prepare_for_quantization,
+    quantizable_nodes,
+    quantize,
+)
+from modelyard.compress._select import (
+    REFERENCE,
+    Selection,
+    choose_variant,
+    default_candidates,
+    select_quantized,
+)
 from modelyard.compress._reduce import FEATURE_EXTRACTION_METHODS, FeatureTransform, reduce_features
 from modelyard.compress._select_features import FEATURE_SELECTION_METHODS, SelectionResult, select_features
 from modelyard.compress._tree_onnx import hgb_to_onnx, sklearn_to_onnx
 
 __all__ = [
+    "ActivationQuantizer",
+    "QATConv2d",
+    "QATExport",
+    "QATLinear",
+    "calibrate_qat",
+    "export_qat_onnx",
+    "fake_quantize",
+    "prepare_qat",
+    "qat_finetune",
+    "qat_layers",
+    "to_float",
+    "weight_qparams",
+    "CALIBRATION_METHODS",
+    "DYNAMIC_OP_TYPES",
+    "QUANT_KEY",
+    "STATIC_OP_TYPES",
+    "CalibrationReader",
+    "QuantSpec",
+    "QuantizeResult",
+    "prepare_for_quantization",
+    "quantizable_nodes",
+    "quantize",
+    "REFERENCE",
+    "Selection",
+    "choose_variant",
+    "default_candidates",
+    "select_quantized",
     "HESSIAN_METHODS",
     "PRUNABLE_TYPES",
     "PRUNING_CRITERIA",

@@ -1,0 +1,168 @@
+"""Post-training quantization on ONNX Runtime: dynamic and static int8, calibration, float16, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+# tests/compress_tests/_quant_data.py: pytest puts this folder on sys.path.
+from _quant_data import adult_like
+
+from modelyard.compress import export_onnx, measure
+from modelyard.compress._quantize import (
+    QUANT_KEY,
+    CalibrationReader,
+    QuantSpec,
+    prepare_for_quantization,
+    quantizable_nodes,
+    quantize,
+)
+from modelyard.data import ImageSplit, TabularSplit
+from modelyard.errors import ModelFormatError, SchemaMismatchError
+from modelyard.models import ImageNetConfig, MLPConfig, OnnxPredictor
+from modelyard.train import fit_image, fit_mlp
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory) -> tuple[Path, TabularSplit, TabularSplit]:
+    """A 512-512 MLP on Adult-like rows, exported (wide enough that its matrices dominate the file)."""
+    train, valid = adult_like()
+    model = fit_mlp(train, valid, MLPConfig(max_epochs=5, hidden_sizes=(512, 512)))
+    path = tmp_path_factory.mktemp("quant") / "wide.onnx"
+    export_onnx(model, path, sample=valid.X)
+    return path, train, valid
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec(mode="dynamic"),
+        QuantSpec(mode="static", method="minmax"),
+        QuantSpec(mode="static", method="entropy", per_channel=True),
+        QuantSpec(mode="static", method="percentile"),
+    ],
+    ids=lambda s: s.name,
+)
+def test_int8_runs_in_onnx_runtime_close_to_fp32(wide, tmp_path: Path, spec: QuantSpec) -> None:
+    path, train, valid = wide
+    before = _digest(path)
+    result = quantize(path, tmp_path / "q.onnx", train, spec)
+    assert _digest(path) == before  # the source is never modified
+    fp32 = measure(path, valid, batch_sizes=(1,), repeats=2, warmup=0)
+    q = measure(result.path, valid, batch_sizes=(1,), repeats=2, warmup=0)
+    # 400 validation rows: one row is 0.0025 of accuracy. int8 rounding moves the
+    # probability of a handful of rows near 0.5 across it; 0.02 (8 rows) is a generous
+    # bound that a broken quantization (wrong scale, quantized raw inputs) far exceeds.
+    assert abs(q.overall["accuracy"] - fp32.overall["accuracy"]) <= 0.02
+    assert abs(q.overall["auc"] - fp32.overall["auc"]) <= 0.01
+    # The two 512x512-ish matrices dominate: int8 is a quarter of float32, plus embeddings and scales.
+    assert q.size_bytes <= 0.3 * fp32.size_bytes
+    assert result.quantized and not result.excluded and result.preprocessed
+    record = json.loads(OnnxPredictor(result.path).metadata[QUANT_KEY])
+    assert record["mode"] == spec.mode and record["quantized"] == list(result.quantized)
+
+
+def test_formats_leave_their_operators(wide, tmp_path: Path) -> None:
+    path, train, _ = wide
+    qdq = quantize(path, tmp_path / "qdq.onnx", train, mode="static").path
+    qop = quantize(path, tmp_path / "qop.onnx", train, mode="static", quant_format="qoperator").path
+    dyn = quantize(path, tmp_path / "dyn.onnx", mode="dynamic").path
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(qdq))
+    assert {"QGemm", "QLinearMatMul"} & set(_ops(qop))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(_ops(dyn)) or "DynamicQuantizeMatMul" in _ops(dyn)
+    # The front end (string lookups, raw numeric columns) stays float: no raw column is quantized.
+    model = onnx.load(str(qdq))
+    raw = {i.name for i in model.graph.input}
+    assert not [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in raw]
+    assert all(n.op_type == "LabelEncoder" for n in model.graph.node if n.name.startswith("front/encode/"))
+
+
+def test_excluded_layer_stays_float(wide, tmp_path: Path) -> None:
+    path, train, _ = wide
+    prepared = tmp_path / "prepared.onnx"
+    assert prepare_for_quantization(path, prepared)
+    layers = quantizable_nodes(prepared)
+    assert len(layers) >= 3 and all(not n.startswith("front/") for n in layers)
+    head = layers[-1]
+    result = quantize(prepared, tmp_path / "q.onnx", train, mode="static", exclude=(head,), preprocess=False)
+    assert result.excluded == (head,) and head not in result.quantized
+    node = next(n for n in onnx.load(str(result.path)).graph.node if n.name == head)
+    inits = {t.name: t for t in onnx.load(str(result.path)).graph.initializer}
+    assert node.input[1] in inits and inits[node.input[1]].data_type == onnx.TensorProto.FLOAT
+
+
+def test_float16_halves_the_size_and_keeps_predictions(wide, tmp_path: Path) -> None:
+    path, _, valid = wide
+    result = quantize(path, tmp_path / "fp16.onnx", mode="fp16")
+    served, source = OnnxPredictor(result.path), OnnxPredictor(path)
+    # float16 keeps ~3 significant digits; probabilities move by ~1e-3 at most on this model.
+    assert np.max(np.abs(served.predict_proba(valid.X) - source.predict_proba(valid.X))) < 1e-2
+    assert result.path.stat().st_size < 0.6 * path.stat().st_size
+    assert [i.type.tensor_type.elem_type for i in onnx.load(str(result.path)).graph.input] == [
+        i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input]
+
+
+def test_calibration_reader_gives_equal_batches_and_checks_columns(wide) -> None:
+    path, train, _ = wide
+    reader = CalibrationReader.from_data(path, train, rows=300, batch_size=64)
+    sizes = [len(b["age"]) for b in reader.batches]
+    assert sizes == [64] * 4 and reader.n_rows == 256  # cut to whole batches: the entropy calibrator stacks them
+    assert reader.get_next() is not None
+    reader.rewind()
+    assert sum(1 for _ in iter(reader.get_next, None)) == 4
+    with pytest.raises(SchemaMismatchError, match="'gain'"):
+        CalibrationReader.from_data(path, train.frame.drop(columns=["gain"]))
+    with pytest.raises(SchemaMismatchError, match="images"):
+        CalibrationReader.from_data(path, np.zeros((4, 1, 8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="no rows"):
+        CalibrationReader.from_data(path, train.frame.iloc[:0])
+
+
+def test_bad_input_is_refused(wide, tmp_path: Path) -> None:
+    path, train, _ = wide
+    with pytest.raises(ValueError, match="calibration data"):
+        quantize(path, tmp_path / "q.onnx", mode="static")
+    with pytest.raises(ValueError, match="method"):
+        QuantSpec(method="kl")
+    with pytest.raises(ValueError, match="not in the model"):
+        quantize(path, tmp_path / "q.onnx", train, exclude=("no/such/node",))
+    with pytest.raises(ValueError, match=".onnx"):
+        quantize(path, tmp_path / "q.bin", mode="dynamic")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelFormatError, match="not an ONNX model"):
+        quantize(junk, tmp_path / "q.onnx", mode="dynamic")
+    with pytest.raises(SchemaMismatchError):
+        quantize(path, tmp_path / "q.onnx", train.frame[["age", "hours"]], mode="static")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_static_int8_on_an_image_cnn(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(600, 1, 12, 12), dtype=np.uint8)
+    y = (x[:, 0, :6].mean(axis=(1, 2)) > x[:, 0, 6:].mean(axis=(1, 2))).astype(np.int64)  # top half brighter
+    train, valid = ImageSplit(x[:400], y[:400]), ImageSplit(x[400:], y[400:])
+    model = fit_image(train, valid, ImageNetConfig(channels=(4, 8), hidden_sizes=(16,), max_epochs=3))
+    fp32 = tmp_path / "cnn.onnx"
+    export_onnx(model, fp32, sample=valid.x[:16])
+    result = quantize(fp32, tmp_path / "cnn.int8.onnx", train.x, mode="static", per_channel=True)
+    assert sum(op == "Conv" for op in _ops(result.path)) == 2 and "QuantizeLinear" in _ops(result.path)
+    m0 = measure(fp32, valid, batch_sizes=(1,), repeats=2, warmup=0)
+    m1 = measure(result.path, valid, batch_sizes=(1,), repeats=2, warmup=0)
+    # 200 images; int8 moves only images whose two class scores are nearly tied.
+    assert abs(m1.overall["accuracy"] - m0.overall["accuracy"]) <= 0.03
+    with pytest.raises(SchemaMismatchError, match="shape"):
+        CalibrationReader.from_data(fp32, np.zeros((4, 1, 8, 8), dtype=np.uint8))
