@@ -106,3 +106,50 @@ __all__ = [
     "spaces",
     "to_config",
 ]
+
+# NAS on images (cells, PNAS, the NAS runner, conv morphisms) imports torch: loaded on first use,
+# so validating a spec that names a strategy stays light.
+_LAZY = {
+    "OPS": "_cells",
+    "Block": "_cells",
+    "CellNetwork": "_cells",
+    "Genotype": "_cells",
+    "cell_space": "_cells",
+    "count_flops": "_conv_morphism",
+    "count_params": "_conv_morphism",
+    "INPUT_KINDS": "_pnas",
+    "PNASRecord": "_pnas",
+    "PNASResult": "_pnas",
+    "Surrogate": "_pnas",
+    "encode_cell": "_pnas",
+    "pnas_search": "_pnas",
+    "NAS_STRATEGIES": "_nas",
+    "NASRecord": "_nas",
+    "NASResult": "_nas",
+    "nas": "_nas",
+    "subset": "_nas",
+    "train_and_score": "_nas",
+    "ConvBlock": "_conv_morphism",
+    "ConvNet": "_conv_morphism",
+    "ConvSkip": "_conv_morphism",
+    "add_skip_conv": "_conv_morphism",
+    "deepen_conv": "_conv_morphism",
+    "evaluate_accuracy": "_conv_morphism",
+    "morphism_search": "_conv_morphism",
+    "random_morphism": "_conv_morphism",
+    "train_convnet": "_conv_morphism",
+    "widen_conv": "_conv_morphism",
+    "widen_kernel": "_conv_morphism",
+}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelyard.search' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"modelyard.search.{module}"), name)
+    globals()[name] = value
+    return value
