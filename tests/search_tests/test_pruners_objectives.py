@@ -114,7 +114,7 @@ def test_objective_directions() -> None:
             "rmse",
             "binary",
             "Objective 'rmse' cannot be computed for a binary task; use one of "
-            "['accuracy', 'auc', 'log_loss', 'n_params', 'flops', 'latency_ms'].",
+            "['accuracy', 'auc', 'auc_pr', 'brier', 'ece', 'f1', 'fnr', 'fpr', 'log_loss', 'precision', 'recall', 'tnr', 'tpr', 'n_params', 'flops', 'latency_ms'].",
         ),
         (
             "auc",
@@ -126,12 +126,12 @@ def test_objective_directions() -> None:
             "count",
             "binary",
             "Objective 'count' cannot be computed for a binary task; use one of "
-            "['accuracy', 'auc', 'log_loss', 'n_params', 'flops', 'latency_ms'].",
+            "['accuracy', 'auc', 'auc_pr', 'brier', 'ece', 'f1', 'fnr', 'fpr', 'log_loss', 'precision', 'recall', 'tnr', 'tpr', 'n_params', 'flops', 'latency_ms'].",
         ),
         (
-            "f1",
+            "hinge",
             "binary",
-            "Unknown objective 'f1' for a binary task; known: ['accuracy', 'auc', 'log_loss', 'n_params', 'flops', 'latency_ms'].",
+            "Unknown objective 'hinge' for a binary task; known: ['accuracy', 'auc', 'auc_pr', 'brier', 'ece', 'f1', 'fnr', 'fpr', 'log_loss', 'precision', 'recall', 'tnr', 'tpr', 'n_params', 'flops', 'latency_ms'].",
         ),
     ],
 )
