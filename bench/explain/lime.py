@@ -2,8 +2,10 @@
 
     python bench/explain/lime.py [--rows 20] [--samples 5000] [--seeds 5] [--top 5] [--out results.json]
 
-Models: the 12-feature Adult MLP (``fnlwgt`` and ``education`` left out) and the
-gradient-boosting baseline (``fit_gbm``) on the same features. lime's
+Models: the 12-feature Adult MLP (``fnlwgt`` and ``education`` left out), the
+gradient-boosting baseline (``fit_gbm``) on the same features, and ``free``, a
+constant model that costs nothing, so that its times are each library's own cost
+(its top features are ties and mean nothing). lime's
 ``LimeTabularExplainer`` gets the training rows as the encoded matrix (categorical
 codes declared categorical, quartile discretization: its defaults) and
 ``num_features=12`` (all features; its ``highest_weights`` selection then keeps them
@@ -61,7 +63,19 @@ def adult12():
     splits = {k: TabularSplit(s.frame, schema) for k, s in data.splits.items()}
     mlp = fit_mlp(splits["train"], splits["valid"], MLPConfig(max_epochs=10, seed=0))
     gbm = fit_gbm(splits["train"], splits["valid"], GBMConfig())
-    return {"mlp": mlp, "gbm": gbm}, schema, splits
+    return {"mlp": mlp, "gbm": gbm, "free": Free(schema)}, schema, splits
+
+
+class Free:
+    """A model that costs nothing (constant probabilities): what is left is each library's own time."""
+
+    task = "binary"
+
+    def __init__(self, schema) -> None:
+        self.schema, self.feature_names = schema, schema.feature_names
+
+    def predict_proba(self, X) -> np.ndarray:
+        return np.tile([0.3, 0.7], (len(X), 1))
 
 
 def jaccard(a: set, b: set) -> float:
@@ -98,9 +112,12 @@ def main() -> None:
                 xc = torch.from_numpy(a[:, n_num:].astype(np.int64))
                 with torch.inference_mode():
                     return torch.softmax(module(xn, xc), 1).numpy().astype(np.float64)
-        else:
+        elif name == "gbm":
             def direct(a: np.ndarray, model=model) -> np.ndarray:
                 return model.estimator.predict_proba(a.astype(np.float32))
+        else:
+            def direct(a: np.ndarray) -> np.ndarray:
+                return np.tile([0.3, 0.7], (len(a), 1))
 
         def raw(a: np.ndarray, model=model) -> np.ndarray:
             frame = {}

@@ -152,8 +152,10 @@ def test_kernel_shap_converges_to_exact_and_keeps_efficiency() -> None:
     third = kernel_shap(model, X, rows=rows, background=bg, n_samples=100, order=3)
     assert np.abs(third.values - exact).mean() < 0.5 * np.abs(first.values - exact).mean()
     auto = kernel_shap(model, X, rows=rows, background=bg, n_samples=100)
-    assert list(auto.info["order"]) == [1] * 4  # 100 coalitions < 2.5 x 63 terms: additive
-    np.testing.assert_array_equal(auto.values, first.values)
+    assert list(auto.info["order"]) == [3] * 4  # 100 coalitions >= 1.5 x 63 terms
+    np.testing.assert_array_equal(auto.values, third.values)
+    few = kernel_shap(model, X, rows=rows, background=bg, n_samples=90)
+    assert list(few.info["order"]) == [1] * 4  # too few coalitions per term: additive
     # a feature equal in the row and every background row is a null player: 0, and it leaves the game
     const = X.assign(x6=0.5)
     bgc = Background(const.iloc[:8].reset_index(drop=True), np.ones(8))
@@ -226,6 +228,7 @@ def gbm():
 
 
 def test_tree_shap_on_native_categorical_splits_equals_exact_interventional_shapley(gbm) -> None:
+    pytest.importorskip("numba")  # Tree SHAP's compiled kernels
     model, frame = gbm
     assert model.estimator.is_categorical_ is not None and model.estimator.is_categorical_.any()
     rows = [1300, 1301, 1302, 1303, 1304]
@@ -244,6 +247,7 @@ def test_tree_shap_on_native_categorical_splits_equals_exact_interventional_shap
 
 
 def test_tree_shap_equals_shap_tree_explainer_on_numeric_splits() -> None:
+    pytest.importorskip("numba")  # Tree SHAP's compiled kernels
     shap = pytest.importorskip("shap")
     X = _numeric(800, 5, seed=8)
     X.loc[::17, "x2"] = np.nan
@@ -258,6 +262,7 @@ def test_tree_shap_equals_shap_tree_explainer_on_numeric_splits() -> None:
 
 
 def test_tree_shap_maps_encoded_columns_to_raw_features_like_shap(gbm) -> None:
+    pytest.importorskip("numba")  # Tree SHAP's compiled kernels
     shap = pytest.importorskip("shap")
     model, frame = gbm
     numeric = SklearnPredictor(
@@ -271,6 +276,7 @@ def test_tree_shap_maps_encoded_columns_to_raw_features_like_shap(gbm) -> None:
 
 
 def test_tree_shap_equals_lightgbm_pred_contrib() -> None:
+    pytest.importorskip("numba")  # Tree SHAP's compiled kernels
     lgb = pytest.importorskip("lightgbm")
     X = _numeric(600, 4, seed=9)
     X["cat"] = np.random.default_rng(9).integers(0, 5, 600).astype(float)
@@ -376,6 +382,7 @@ def test_bad_inputs_raise_clear_errors(gbm) -> None:
 
 
 def test_explanation_tables_background_summary_and_plots(gbm) -> None:
+    pytest.importorskip("numba")  # Tree SHAP's compiled kernels
     model, frame = gbm
     bg = summarize_background(frame[model.feature_names], 10, predictor=model)
     assert len(bg) == 10 and abs(bg.weights.sum() - 1) < 1e-12

@@ -78,7 +78,7 @@ MAX_EXACT_FEATURES = 14
 MAX_SURROGATE_TERMS = 1500
 #: order="auto" fits the third-order surrogate from this many coalitions per term on
 #: (below, its extra variance outweighs what it explains; measured on Adult, bench/explain).
-AUTO_TERMS_FACTOR = 2.5
+AUTO_TERMS_FACTOR = 1.5
 
 
 def _setup(predictor, X, rows, background, n_background, features, output, link, random_state):
@@ -416,7 +416,7 @@ def kernel_shap(
         and gives the exact values.
     order : int or "auto", default="auto"
         Highest interaction order of the surrogate: 1 is the classic additive Kernel
-        SHAP fit; ``auto`` takes 3 when the coalitions number at least 2.5 times its
+        SHAP fit; ``auto`` takes 3 when the coalitions number at least 1.5 times its
         terms (``M + C(M,2) + C(M,3)``, at most 1,500) and do not already enumerate
         every coalition, else 1.
     random_state : int or None, default=0
