@@ -51,10 +51,16 @@ import torch
 from torch import nn
 
 import modelyard as my
-from modelyard.compress import export_onnx, measure
-from modelyard.compress._qat import export_qat_onnx, qat_finetune
-from modelyard.compress._quantize import CalibrationReader, QuantSpec
-from modelyard.compress._select import default_candidates, select_quantized
+from modelyard.compress import (
+    CalibrationReader,
+    QuantSpec,
+    default_candidates,
+    export_onnx,
+    export_qat_onnx,
+    measure,
+    qat_finetune,
+    select_quantized,
+)
 from modelyard.data import ImageSplit
 from modelyard.models import ImageNetConfig, load_predictor, save_torch
 from modelyard.models._image import as_pixels

@@ -10,6 +10,7 @@ import time
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelyard.errors import SpecError, StoreError
 from modelyard.models import GBMConfig, MLPConfig
@@ -198,7 +199,8 @@ def test_killed_worker_loses_nothing_and_its_trial_fails(
         time.sleep(0.1)
         try:
             study = optuna.load_study(study_name="kill", storage=postgres_url)
-        except KeyError:
+        except (KeyError, SQLAlchemyError):
+            # not created yet, or this poll lost the race to create Optuna's tables
             continue
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             worker = t.system_attrs.get(WORKER_KEY)

@@ -27,10 +27,10 @@ Which int8 flavour is fastest depends on the CPU. Measured on this project's AVX
 VNNI machines (784-2048-2048-10 MLP and a two-stage CNN, one thread; see
 ``bench/compress/RESULTS_int8.md``): in QDQ format, unsigned (U8S8) and signed (S8S8)
 activations ran at the same speed (ONNX Runtime rewrites signed activations to
-unsigned on x86), but S8S8 in QOperator format ran 10-70x slower (no fast S8S8
-integer kernel); dynamic int8 with *unsigned* weights ran 12x slower on the MLP;
-per-channel weights cost 5-20% at batch 1; 7-bit weights (``reduce_range``) gained
-nothing. Hence the defaults: ``activation_type="uint8"``, ``weight_type="int8"``,
+unsigned on x86), but S8S8 in QOperator format ran 11-65x slower than U8S8 (no fast
+S8S8 integer kernel) and slower than float; dynamic int8 with *unsigned* weights ran
+10x slower than with signed ones on the MLP at batch 64; per-channel weights cost up
+to 18% at batch 1; 7-bit weights (``reduce_range``) gained nothing. Hence the defaults: ``activation_type="uint8"``, ``weight_type="int8"``,
 ``quant_format="qdq"``, and every variant is measured before one is chosen.
 
 Front end

@@ -140,24 +140,32 @@ def _categorical_stats(name: str, column: pd.Series) -> _Categorical:
     return _Categorical(name, vals, freq / freq.sum())
 
 
-def _truncated_normal(rng: np.random.Generator, mean: np.ndarray, std: np.ndarray, low: np.ndarray,
-                      high: np.ndarray) -> np.ndarray:
-    """Draws from ``N(mean, std)`` truncated to ``[low, high]`` by inverting the CDF (vectorized)."""
+def _truncated_normal(u: np.ndarray, b: np.ndarray, s: _Numeric) -> np.ndarray:
+    """Values of bins ``b`` of ``s`` at uniform quantiles ``u``: ``N(bin mean, bin sd)`` truncated to the bin.
+
+    Inverts the truncated CDF; a bin entirely above its mean is sampled as the mirrored
+    lower tail, where ``ndtr`` keeps its precision. Bin constants are computed once.
+    """
     from scipy.special import ndtr, ndtri
 
-    a, b = (low - mean) / std, (high - mean) / std
-    flip = a > 0  # sample the upper tail as a mirrored lower tail, where ndtr keeps its precision
-    a2, b2 = np.where(flip, -b, a), np.where(flip, -a, b)
-    pa, pb = ndtr(a2), ndtr(b2)
-    u = rng.random(mean.shape)
-    z = ndtri(np.clip(pa + u * (pb - pa), 1e-300, 1 - 1e-16))
-    z = np.where(flip, -z, z)
-    return np.clip(np.where(high > low, mean + std * z, low), low, high)
+    lo, hi = (s.low - s.mean) / s.std, (s.high - s.mean) / s.std
+    flip = lo > 0
+    pa, pb = ndtr(np.where(flip, -hi, lo)), ndtr(np.where(flip, -lo, hi))  # per bin
+    z = ndtri(np.clip(pa[b] + u * (pb - pa)[b], 1e-300, 1 - 1e-16))
+    z = np.where(flip[b], -z, z)
+    return np.clip(np.where(s.high[b] > s.low[b], s.mean[b] + s.std[b] * z, s.low[b]), s.low[b], s.high[b])
 
 
-def _draw(rng: np.random.Generator, freq: np.ndarray, n: int) -> np.ndarray:
+def _draw(freq: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Category (bin) indices with probabilities ``freq`` at uniform draws ``u``."""
     cdf = np.cumsum(freq)
-    return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n), side="right"), len(freq) - 1)
+    cdf /= cdf[-1]
+    if len(cdf) <= 8:  # a few bins: counting thresholds passed beats a binary search
+        out = np.zeros(u.shape, dtype=np.int64)
+        for c in cdf[:-1]:
+            out += u >= c
+        return out
+    return np.minimum(np.searchsorted(cdf, u, side="right"), len(freq) - 1)
 
 
 def lime_tabular(
@@ -262,47 +270,52 @@ def lime_tabular(
             s.encoded = encoded[features.index(s.name)][: len(s.values)]
     rows_frame = X.iloc[idx][features].reset_index(drop=True)
     x_cols = game.columns(rows_frame)
+    raw_rows = rows_frame.to_numpy(dtype=object)
     n = len(idx)
-    z_all = np.empty((n, n_samples, m))
-    cols = [np.empty(n * n_samples, dtype=np.float64 if isinstance(s, _Numeric) else c.dtype)
-            for s, c in zip(stats, x_cols, strict=True)]
-    conditions = []
+    # every random number of a row comes from that row's own generator, in one draw
+    numeric = [j for j, st in enumerate(stats) if isinstance(st, _Numeric)]
+    n_draws = m + len(numeric) if discretize else m  # a bin (category) per feature; a value per numeric bin
+    u = np.empty((n_draws, n, n_samples))
     for r in range(n):
-        rng = np.random.default_rng([int(random_state), int(idx[r])])
-        names = []
-        for j, s in enumerate(stats):
-            out = cols[j][r * n_samples : (r + 1) * n_samples]
-            raw = rows_frame.iloc[r, j]
-            if isinstance(s, _Categorical):
-                match = [k for k, v in enumerate(s.values) if (v is None and pd.isna(raw)) or v == raw]
-                own = match[0] if match else -1
-                draw = _draw(rng, s.freq, n_samples)
-                z = (draw == own).astype(np.float64)
-                out[:] = s.encoded[draw]
-                out[0] = x_cols[j][r]
-                names.append(f"{s.name}={raw}")
+        u[:, r] = np.random.default_rng([int(random_state), int(idx[r])]).random((n_draws, n_samples))
+    value_draw = {j: (m + i if discretize else j) for i, j in enumerate(numeric)}
+    z_all = np.empty((n, n_samples, m))
+    cols = []
+    names = np.empty((n, m), dtype=object)
+    for j, s in enumerate(stats):
+        raw = raw_rows[:, j]
+        if isinstance(s, _Categorical):
+            own = np.array([next((k for k, v in enumerate(s.values) if (v is None and pd.isna(x)) or v == x), -1)
+                            for x in raw])
+            draw = _draw(s.freq, u[j])
+            z = (draw == own[:, None]).astype(np.float64)
+            vals = s.encoded[draw]
+            names[:, j] = [f"{s.name}={x}" for x in raw]
+        else:
+            value = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(dtype=np.float64)
+            if discretize:
+                nbins = len(s.edges) + 1
+                own = np.where(np.isnan(value), nbins, np.searchsorted(s.edges, np.nan_to_num(value)))
+                draw = _draw(s.freq, u[j])
+                inside = draw < nbins
+                vals = np.full(draw.shape, np.nan)
+                d = draw[inside]
+                vals[inside] = _truncated_normal(u[value_draw[j]][inside], d, s)
+                z = (draw == own[:, None]).astype(np.float64)
+                names[:, j] = [_bin_name(s, b) for b in own]
             else:
-                value = float(pd.to_numeric(pd.Series([raw]), errors="coerce").iloc[0])
-                if discretize:
-                    nbins = len(s.edges) + 1
-                    own = nbins if np.isnan(value) else int(np.searchsorted(s.edges, value))
-                    draw = _draw(rng, s.freq, n_samples)
-                    inside = draw < nbins
-                    vals = np.full(n_samples, np.nan)
-                    d = draw[inside]
-                    vals[inside] = _truncated_normal(rng, s.mean[d], s.std[d], s.low[d], s.high[d])
-                    z = (draw == own).astype(np.float64)
-                    names.append(_bin_name(s, own))
-                else:
-                    vals = rng.standard_normal(n_samples) * s.overall_std + s.overall_mean
-                    z = (vals - s.overall_mean) / s.overall_std
-                    names.append(s.name)
-                out[:] = vals
-                out[0] = x_cols[j][r]
-                z[0] = 1.0 if discretize or np.isnan(value) else (value - s.overall_mean) / s.overall_std
-            z[0] = 1.0 if (discretize or isinstance(s, _Categorical)) else z[0]
-            z_all[r, :, j] = z
-        conditions.append(names)
+                from scipy.special import ndtri
+
+                vals = ndtri(np.clip(u[value_draw[j]], 1e-16, 1 - 1e-16)) * s.overall_std + s.overall_mean
+                z = (vals - s.overall_mean) / s.overall_std
+                z[:, 0] = np.where(np.isnan(value), 1.0, (value - s.overall_mean) / s.overall_std)
+                names[:, j] = s.name
+        if discretize or isinstance(s, _Categorical):
+            z[:, 0] = 1.0  # the row itself is in its own bin
+        vals[:, 0] = x_cols[j]  # the first neighbour is the row itself
+        z_all[:, :, j] = z
+        cols.append(vals.reshape(-1).astype(x_cols[j].dtype if isinstance(s, _Categorical) else np.float64))
+    conditions = names.tolist()
     preds = np.empty((n * n_samples, game.n_outputs))
     for lo in range(0, n * n_samples, max_rows_per_call):
         preds[lo : lo + max_rows_per_call] = game.run([c[lo : lo + max_rows_per_call] for c in cols])
@@ -314,10 +327,10 @@ def lime_tabular(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):  # small solves: BLAS threads only contend
+        dist2 = ((z_all - z_all[:, :1]) ** 2).sum(axis=2)  # (n, n_samples)
+        kernel = np.sqrt(np.exp(-dist2 / width**2))
         for r in range(n):
-            z, y = z_all[r], preds[r]
-            dist = np.sqrt(((z - z[0]) ** 2).sum(axis=1))
-            w = np.sqrt(np.exp(-(dist**2) / width**2))
+            z, y, w = z_all[r], preds[r], kernel[r]
             used = np.arange(m)
             if n_features is not None and n_features < m:  # lime's "highest_weights": a light ridge on all, then the top
                 c0, _ = weighted_ridge(z, y, w, 0.01)

@@ -338,7 +338,9 @@ class Game:
             else:
                 raw = np.asarray(est.predict_proba(x), dtype=np.float64)[:, self.predictor.proba_columns]
         else:
-            frame = pd.DataFrame(dict(zip(self.features, cols, strict=True)))
+            # object columns stay object: letting pandas infer a string dtype costs more than the model
+            frame = pd.DataFrame({f: pd.Series(c, dtype=object if c.dtype == object else c.dtype, copy=False)
+                                  for f, c in zip(self.features, cols, strict=True)})
             raw = np.asarray(
                 self.predictor.predict(frame) if self.task == "regression" else self.predictor.predict_proba(frame),
                 dtype=np.float64,

@@ -74,17 +74,29 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
         return JournalStorage(JournalFileBackend(spec.location))
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            spec.location,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=spec.heartbeat_interval,
-            grace_period=2 * spec.heartbeat_interval,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=3
-            ),
-        )
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    # Processes that open a fresh database at the same moment race to create Optuna's
+    # tables: on PostgreSQL the loser gets a unique violation on pg_type (or "already
+    # exists"). The winner's schema is complete once it commits, so opening again works.
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    spec.location,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=spec.heartbeat_interval,
+                    grace_period=2 * spec.heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=3
+                    ),
+                )
+        except (IntegrityError, ProgrammingError):
+            if attempt == 5:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _pop_waiting(study: optuna.Study) -> int | None:
