@@ -11,6 +11,7 @@ Registries for YAML specs and the CLI: :data:`SPACES`, :data:`SEARCH_STRATEGIES`
 the costs in :data:`COSTS`.
 """
 
+from modelyard.search._auto import AutoSearch, GPBOSampler  # registers "auto"
 from modelyard.search._automl import (
     AUTOML_FAMILIES,
     AutoMLResult,
@@ -62,42 +63,44 @@ from modelyard.search._study import SearchResult, TrialObjective, run
 
 __all__ = [
     "AUTOML_FAMILIES",
-    "AutoMLResult",
-    "EnsemblePredictor",
-    "LinearConfig",
-    "LinearPredictor",
-    "automl",
-    "ensemble_selection",
-    "fit_linear",
-    "linear_space",
     "COSTS",
     "FAMILIES",
     "PRUNERS",
     "SEARCH_STRATEGIES",
     "SPACES",
+    "AutoMLResult",
+    "AutoSearch",
     "BaseSearchStrategy",
     "Categorical",
     "CmaEsSearch",
+    "EnsemblePredictor",
     "EvolutionSearch",
     "Float",
+    "GPBOSampler",
     "GPSearch",
     "Int",
+    "LinearConfig",
+    "LinearPredictor",
     "NSGA2Search",
-    "RLSearch",
     "Objective",
     "Param",
+    "RLSearch",
     "RandomSearch",
     "RegularizedEvolutionSampler",
     "SearchResult",
     "SearchSpace",
     "TPESearch",
     "TrialObjective",
-    "gbm_space",
+    "automl",
+    "ensemble_selection",
+    "fit_linear",
     "flops",
+    "gbm_space",
     "latency_ms",
-    "module_flops",
+    "linear_space",
     "make_pruner",
     "mlp_space",
+    "module_flops",
     "n_params",
     "pruning_callback",
     "resolve_objectives",
@@ -144,7 +147,7 @@ _LAZY = {
 __all__ += sorted(_LAZY)
 
 
-def __getattr__(name: str):  # noqa: ANN202
+def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'modelyard.search' has no attribute {name!r}")

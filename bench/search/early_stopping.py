@@ -1,0 +1,162 @@
+"""Early stopping (issue 3): time to reach a target validation accuracy with ASHA against none.
+
+    MODELYARD_DATA_DIR=../shared/data .venv/bin/python bench/search/early_stopping.py \\
+        [--seeds 3] [--budget-s 240] [--strategy tpe] [--quick] [--out results.json]
+
+Two searches of the tabular MLP space (``spaces.mlp()``) on Adult per seed, the same
+strategy, seed and wall-time budget: ``early_stopping="none"`` and ``"asha"`` (the
+rule registered in ``modelyard.search._pruners``: successive halving with rungs at
+epochs 1, 3, 9, 27, keeping the top third). Every trial may train up to
+``--epochs`` epochs (27 by default, so the last rung is the full budget) on a
+subsample of the training split, scored on the full validation split; the
+trainer's own patience is the same in both searches.
+
+The target of a seed is ``--target`` if given, else the best validation accuracy
+the search without early stopping reached in its budget, less ``--tolerance``
+(0.002 by default, about six validation rows): a level the plain search reaches
+only late, and a fair one for ASHA, whose finished trials are fully trained too.
+The time to the target is the wall time from the first trial's start to the end of
+the first *completed* trial at or above it (a pruned trial's model is discarded, so
+its intermediate accuracy does not count). The speed-up is that time without early
+stopping over the time with ASHA; the goal is at least 3x (median over seeds). A
+search that does not reach the target in its budget counts as taking the whole
+budget (flagged ``not reached``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+import modelyard.search._auto  # noqa: F401 - registers "auto" (until modelyard.search imports it)
+
+GOAL = 3.0
+
+
+def adult_subsample(n_train: int, seed: int = 0) -> Any:
+    """Adult with ``n_train`` training rows drawn at random (seeded) and the full validation split."""
+    from modelyard.data import TabularData, TabularSplit, load
+
+    data = load("adult")
+    train = TabularSplit(data.train.frame.sample(n=n_train, random_state=seed), data.schema)
+    return TabularData(
+        name=f"adult-{n_train}", schema=data.schema, train=train, valid=data.valid, test=data.test,
+        sources=data.sources,
+    )
+
+
+def search(data: Any, mode: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One search; every trial's state, value and end time in seconds since the study began."""
+    from modelyard.models import MLPConfig
+    from modelyard.search import run, spaces
+
+    base = MLPConfig(max_epochs=args.epochs, patience=args.patience, seed=0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run(
+            spaces.mlp(), data, strategy=args.strategy, trials=args.max_trials, seed=seed,
+            early_stopping=mode, base_config=base, timeout=args.budget_s,
+        )
+    wall = time.perf_counter() - start
+    trials = [t for t in result.study.trials if t.datetime_start is not None]
+    t0 = min(t.datetime_start for t in trials)
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.state == TrialState.COMPLETE else None,
+            "epochs": max(t.intermediate_values) if t.intermediate_values else None,  # epochs count from 1
+            "end_s": (t.datetime_complete - t0).total_seconds() if t.datetime_complete else None,
+        }
+        for t in sorted(trials, key=lambda t: t.number)
+    ]
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    return {
+        "wall_s": wall,
+        "n_trials": len(rows),
+        "n_complete": len(done),
+        "n_pruned": sum(r["state"] == "PRUNED" for r in rows),
+        "best": max((r["value"] for r in done), default=None),
+        "trials": rows,
+    }
+
+
+def time_to(run: dict[str, Any], target: float) -> float | None:
+    """Seconds until the first completed trial at or above ``target``; None if none reached it."""
+    hits = [r["end_s"] for r in run["trials"] if r["state"] == "COMPLETE" and r["value"] >= target]
+    return min(hits) if hits else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--strategy", default="tpe", help="search strategy for both searches (default tpe)")
+    parser.add_argument("--budget-s", type=float, default=240.0, help="wall-time budget of each search")
+    parser.add_argument("--max-trials", type=int, default=400, help="trial cap of each search")
+    parser.add_argument("--epochs", type=int, default=27, help="most epochs of a trial (the last ASHA rung)")
+    parser.add_argument("--patience", type=int, default=5, help="the trainer's patience, in both searches")
+    parser.add_argument("--rows", type=int, default=8000, help="training rows of the Adult subsample")
+    parser.add_argument("--target", type=float, default=None, help="a fixed target accuracy")
+    parser.add_argument("--tolerance", type=float, default=0.002, help="target = best without early stopping - this")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 30 s budgets, 2,000 rows, 9 epochs")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.budget_s, args.rows, args.epochs = 1, 30.0, 2000, 9
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    data = adult_subsample(args.rows)
+    out: dict[str, Any] = {
+        "command": " ".join(["bench/search/early_stopping.py", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "seeds": {},
+    }
+    speedups = []
+    print(f"{'seed':>4} {'target':>7} {'none: trials best time':>26} {'asha: trials(pruned) best time':>34} {'speed-up':>9}")
+    for seed in range(args.seeds):
+        plain = search(data, "none", args, seed)
+        asha = search(data, "asha", args, seed)
+        target = args.target if args.target is not None else plain["best"] - args.tolerance
+        t_plain, t_asha = time_to(plain, target), time_to(asha, target)
+        shown_plain = t_plain if t_plain is not None else plain["wall_s"]
+        shown_asha = t_asha if t_asha is not None else asha["wall_s"]
+        speedup = shown_plain / shown_asha
+        speedups.append(speedup)
+        notes = ("" if t_plain is not None else " none: not reached") + (
+            "" if t_asha is not None else " asha: not reached"
+        )
+        print(
+            f"{seed:>4} {target:7.4f} {plain['n_trials']:>10} {plain['best']:7.4f} {shown_plain:7.1f}s"
+            f" {asha['n_trials']:>10}({asha['n_pruned']:>3}) {asha['best']:7.4f} {shown_asha:7.1f}s"
+            f" {speedup:8.2f}x{notes}",
+            flush=True,
+        )
+        out["seeds"][str(seed)] = {
+            "target": target, "seconds_none": t_plain, "seconds_asha": t_asha, "speedup": speedup,
+            "none": plain, "asha": asha,
+        }
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(out, indent=1))
+    median = statistics.median(speedups)
+    verdict = "PASS" if median >= GOAL else "FAIL"
+    print(f"\nmedian speed-up to the target: {median:.2f}x (goal >= {GOAL:.0f}x): {verdict}")
+    out["median_speedup"], out["pass"] = median, median >= GOAL
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
