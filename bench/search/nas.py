@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import platform
 import statistics
 import time
@@ -87,12 +86,6 @@ def main() -> None:
         "--no-scratch", action="store_true", help="skip morphism's from-scratch run"
     )
     parser.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="pickle of trained cells, read and updated",
-    )
-    parser.add_argument(
         "--quick",
         action="store_true",
         help="600/300 images, 10 models, 2-block cells, one seed",
@@ -109,9 +102,7 @@ def main() -> None:
         args.n_blocks, args.beam, args.initial = 2, 3, 4
     torch.set_num_threads(1)
     data = load("fashion_mnist")
-    cache: dict = {}
-    if args.cache is not None and args.cache.exists():
-        cache = pickle.loads(args.cache.read_bytes())
+    cache: dict = {}  # cells trained once per seed, shared by the strategies (in memory only)
     common = {
         "models": args.models,
         "epochs": args.epochs,
@@ -127,10 +118,6 @@ def main() -> None:
     nas(data, "random", models=1, train_size=256, valid_size=128, n_blocks=1)
 
     def show(rec: NASRecord) -> None:
-        if args.cache is not None and rec.genotype is not None and not rec.cached:
-            args.cache.write_bytes(
-                pickle.dumps(cache)
-            )  # an interrupted run resumes from here
         if not args.quiet:
             extra = rec.extra
             note = " cached" if rec.cached else ""
@@ -163,8 +150,6 @@ def main() -> None:
             strategy_options=options,
             **{**common, **kw},
         )
-        if args.cache is not None:
-            args.cache.write_bytes(pickle.dumps(cache))
         return result
 
     report: dict = {

