@@ -22,7 +22,7 @@ from modelyard.compress._quantize import (
     quantizable_nodes,
     quantize,
 )
-from modelyard.data import ImageSplit, TabularSplit
+from modelyard.data import ImageSplit, TabularSplit, infer_schema
 from modelyard.errors import ModelFormatError, SchemaMismatchError
 from modelyard.models import ImageNetConfig, MLPConfig, OnnxPredictor
 from modelyard.train import fit_image, fit_mlp
@@ -113,6 +113,22 @@ def test_float16_halves_the_size_and_keeps_predictions(wide, tmp_path: Path) -> 
     assert result.path.stat().st_size < 0.6 * path.stat().st_size
     assert [i.type.tensor_type.elem_type for i in onnx.load(str(result.path)).graph.input] == [
         i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input]
+
+
+def test_float16_keeps_raw_inputs_beyond_its_range_in_float32(tmp_path: Path) -> None:
+    """A census weight of ~2e5 (over float16's 65504) must be scaled in float32, or it becomes inf, then NaN."""
+    train, valid = adult_like(n=600)
+    for split in (train, valid):
+        split.frame["weight"] = np.random.default_rng(1).uniform(1e5, 1.5e6, len(split.frame))
+    train, valid = (TabularSplit(s.frame, infer_schema(train.frame, "income")) for s in (train, valid))
+    model = fit_mlp(train, valid, MLPConfig(max_epochs=2, hidden_sizes=(16,)))
+    path = tmp_path / "fp32.onnx"
+    export_onnx(model, path, sample=valid.X)
+    result = quantize(path, tmp_path / "fp16.onnx", mode="fp16")
+    served = OnnxPredictor(result.path).predict_proba(valid.X)
+    assert np.isfinite(served).all()
+    # float16 keeps ~3 significant digits: probabilities move by ~1e-3 (1e-2 leaves room).
+    assert np.max(np.abs(served - OnnxPredictor(path).predict_proba(valid.X))) < 1e-2
 
 
 def test_calibration_reader_gives_equal_batches_and_checks_columns(wide) -> None:

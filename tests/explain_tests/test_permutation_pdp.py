@@ -172,6 +172,7 @@ def test_torch_models_take_the_encoded_path_with_the_same_values() -> None:
     slow_imp = permutation_importance(slow, frame, n_repeats=3)
     # Batch composition differs (one big batch vs per-frame), so float32 sums may round differently.
     np.testing.assert_allclose(fast_imp.importances, slow_imp.importances, atol=1e-6)
+    assert fast_imp.metric == slow_imp.metric == "accuracy"  # the encoded path keeps the metric's name
     for feature in ("age", "color"):
         fast = partial_dependence(model, frame, feature, kind="both", grid_resolution=7)
         slow_pd = partial_dependence(slow, frame, feature, kind="both", grid_resolution=7)

@@ -59,6 +59,8 @@ from modelyard.compress._select import (
     select_quantized,
 )
 from modelyard.compress._reduce import FEATURE_EXTRACTION_METHODS, FeatureTransform, reduce_features
+from modelyard.compress._registry import PRUNERS, QUANTIZERS, BasePruner, parse_variant
+from modelyard.compress._step import CompressResult, Variant, compress_variants, pick_best
 from modelyard.compress._select_features import FEATURE_SELECTION_METHODS, SelectionResult, select_features
 from modelyard.compress._tree_onnx import hgb_to_onnx, sklearn_to_onnx
 
@@ -137,4 +139,12 @@ __all__ = [
     "session_latency",
     "sklearn_to_onnx",
     "with_raw_inputs",
+    "PRUNERS",
+    "QUANTIZERS",
+    "BasePruner",
+    "CompressResult",
+    "Variant",
+    "compress_variants",
+    "parse_variant",
+    "pick_best",
 ]

@@ -567,7 +567,7 @@ def quantize(
         excluded = tuple(n for n in layers if n not in quantized)
         out_tmp = tmp_dir / "quantized.onnx"
         if spec.mode == "fp16":
-            _to_float16(prepared, out_tmp, block=[*front, *excluded])
+            _to_float16(prepared, out_tmp, block=excluded, keep_float32=_before_first_layer(prepared))
         elif spec.mode == "dynamic":
             from onnxruntime.quantization import quantize_dynamic
 
@@ -619,16 +619,94 @@ def _static(src: Path, out: Path, reader: CalibrationReader, spec: QuantSpec, ex
     reader.rewind()
 
 
-def _to_float16(model: onnx.ModelProto, out: Path, *, block: Sequence[str]) -> None:
+def _before_first_layer(model: onnx.ModelProto) -> list[str]:
+    """Nodes before the first MatMul, Gemm or Conv (graph order is topological): the input's scaling."""
+    names = []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv"):
+            break
+        names.append(node.name)
+    return names
+
+
+def _toposort(nodes: Sequence[Any], ready: set[str]) -> list[Any]:
+    """``nodes`` in an order where each runs after the nodes making its inputs (the converter appends its casts)."""
+    ready, pending, ordered = set(ready), list(nodes), []
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            raise ValueError(f"The float16 graph has a cycle or a missing input at {[n.name for n in pending][:5]}.")
+        for n in runnable:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in runnable)]
+    return ordered
+
+
+def _to_float16(model: onnx.ModelProto, out: Path, *, block: Sequence[str], keep_float32: Sequence[str] = ()) -> None:
     """Float16 weights and arithmetic, float32 inputs and outputs; ``block`` nodes stay float32.
 
     Uses the converter that ships with ONNX Runtime (``onnxruntime.transformers.float16``,
     a maintained fork of onnxconverter-common's), so no extra dependency is needed.
-    Values beyond float16's range are clipped to +-65504 by the converter.
+
+    ``keep_float32`` names a prefix of the graph (the raw-column front end and the
+    input scaling) that runs entirely in float32: the converter casts every float graph
+    input to float16 on entry, and a raw value such as a census weight (1.5 million) is
+    beyond float16's 65504 until it is standardized: it would become inf, then NaN. So
+    the rest of the graph is cut out at the prefix's outputs, converted on its own (its
+    inputs, the scaled values, are cast on entry), and joined back behind the prefix.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    prefix = set(keep_float32)
+    nodes = list(model.graph.node)
+    if not prefix or len(prefix) == len(nodes):
+        with _quiet():
+            converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(block))
+        onnx.save(converted, str(out))
+        return
+    head = [n for n in nodes if n.name in prefix]
+    tail = [n for n in nodes if n.name not in prefix]
+    made_by_head = {o for n in head for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    boundary: list[str] = []
+    for n in tail:
+        for name in n.input:
+            if name and name not in inits and name not in boundary and (
+                    name in made_by_head or name in {i.name for i in model.graph.input}):
+                boundary.append(name)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    missing = [b for b in boundary if b not in types]
+    if missing:  # no types to cut the graph at: convert the whole graph as it is
+        with _quiet():
+            converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(block))
+        onnx.save(converted, str(out))
+        return
+    tail_inits = {i for n in tail for i in n.input if i in inits}
+    sub = onnx.helper.make_model(
+        onnx.helper.make_graph(tail, "fp16_part", [types[b] for b in boundary], list(model.graph.output),
+                               [inits[i] for i in sorted(tail_inits)]),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version)
     with _quiet():
-        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(block))
-    onnx.save(converted, str(out))
+        converted = convert_float_to_float16(sub, keep_io_types=True, node_block_list=list(block))
+    head_inits = {i for n in head for i in n.input if i in inits}
+    shared = head_inits & {t.name for t in converted.graph.initializer}
+    fp32_inits = [inits[i] for i in sorted(head_inits)]
+    fp16_inits = list(converted.graph.initializer)
+    if shared:  # a constant both parts read: the float16 part reads a renamed copy
+        rename = {name: f"{name}__fp16" for name in shared}
+        for t in fp16_inits:
+            if t.name in rename:
+                t.name = rename[t.name]
+        for n in converted.graph.node:
+            n.input[:] = [rename.get(i, i) for i in n.input]
+    ready = {i.name for i in model.graph.input} | {t.name for t in (*fp32_inits, *fp16_inits)} | {""}
+    graph = onnx.helper.make_graph(
+        _toposort(head + list(converted.graph.node), ready), model.graph.name, list(model.graph.input),
+        list(converted.graph.output), fp32_inits + fp16_inits)
+    joined = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    joined.metadata_props.extend(model.metadata_props)
+    onnx.checker.check_model(joined)
+    onnx.save(joined, str(out))
 

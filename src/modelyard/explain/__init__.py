@@ -41,6 +41,12 @@ from modelyard.explain._plots import (
     plot_importance,
 )
 from modelyard.explain._shapley import exact_shapley, kernel_shap
+from modelyard.explain._step import (
+    ExplainOptions,
+    explain_model,
+    explanation_figures,
+    save_figures,
+)
 from modelyard.explain._tcav import (
     TCAVResult,
     concept_activation_vector,
@@ -53,6 +59,7 @@ from modelyard.explain._tree import TreeModel, tree_model, tree_shap
 __all__ = [
     "Background",
     "Counterfactual",
+    "ExplainOptions",
     "Explanation",
     "Game",
     "GradientAttribution",
@@ -66,6 +73,8 @@ __all__ = [
     "counterfactuals",
     "directional_derivatives",
     "exact_shapley",
+    "explain_model",
+    "explanation_figures",
     "feature_grid",
     "integrated_gradients",
     "kernel_shap",
@@ -81,6 +90,7 @@ __all__ = [
     "plot_importance",
     "quadrature",
     "saliency",
+    "save_figures",
     "select_rows",
     "summarize_background",
     "tcav",

@@ -186,8 +186,8 @@ def permutation_importance(
         if view is None:
             column = rows[feature].to_numpy()
         else:
-            name, col = view.where[feature]
-            column = view.arrays[name][:, col]
+            array_name, col = view.where[feature]
+            column = view.arrays[array_name][:, col]
         shuffled = []
         for _ in range(n_repeats):
             rng.shuffle(idx)
@@ -201,7 +201,7 @@ def permutation_importance(
                 out = _outputs(predictor, big, proba)
             else:  # edit the encoded column: the same as re-encoding the shuffled raw one
                 arrays = {k: np.tile(v, (len(block), 1)) for k, v in view.arrays.items()}
-                arrays[name][:, col] = np.concatenate(block)
+                arrays[array_name][:, col] = np.concatenate(block)
                 out = view.run(arrays)
             for j in range(len(block)):
                 score = float(fn(y_true, out[j * n : (j + 1) * n]))

@@ -71,6 +71,12 @@ def run(
         spec = parse_spec(data)
     resolved = spec.resolved()
     resolved["data"]["source"] = resolve_source(spec.data.source, spec_dir)
+    gate = (resolved.get("evaluate") or {}).get("gate") or {}
+    if gate.get("baseline") and spec_dir is not None:
+        # a relative baseline is found beside the spec first, as the data source is
+        rel = Path(gate["baseline"]).expanduser()
+        if not rel.is_absolute() and (spec_dir / rel).exists():
+            gate["baseline"] = str((spec_dir / rel).resolve())
     steps = build_steps(spec, resolved)
     if until is not None:
         names = [s.name for s in steps]

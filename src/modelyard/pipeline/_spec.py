@@ -32,7 +32,8 @@ from modelyard.errors import SpecError
 __all__ = [
     "PipelineSpec", "DataSpec", "SplitSpec", "TrainSpec", "SelectSpec", "BucketSlice", "EvaluateSpec",
     "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "FeaturesSpec", "FEATURE_SELECTION", "FEATURE_EXTRACTION",
-    "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class",
+    "CompressSpec", "VariantSpec", "PruneVariantSpec", "StructuredVariantSpec",
+    "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class", "ExplainSpec", "EXPLAIN_METHODS",
 ]
 
 #: Model families a spec can name, and where their typed config lives. The config
@@ -154,6 +155,27 @@ class EvaluateSpec(_Strict):
                                            "default: the data's sensitive columns.")
     metrics: list[str] | None = Field(None, description="Default by task: accuracy, auc, log_loss, count "
                                       "(classification) or rmse, mae, r2, count (regression).")
+    gate: dict[str, Any] | None = Field(None, description="Validation gate for the chosen model on the test split: "
+                                        "{baseline: path to a model file or run folder (or null: absolute "
+                                        "thresholds only), slices, min_count, thresholds: {accuracy: {min: 0.8}}, "
+                                        "change: {accuracy: {max_drop: 0.01}}}; see examples/gate.yaml.")
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _gate(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        # Imported here: numpy and pandas load only when a spec has a gate.
+        from modelyard.evaluate._gate import parse_gate
+
+        try:
+            gate = parse_gate(v, where="gate")
+        except SpecError as exc:
+            raise ValueError(str(exc).removeprefix("Invalid gate: ").rstrip(".")) from None
+        if gate.change and gate.baseline is None:
+            raise ValueError(f"change checks ({', '.join(gate.change)}) need a baseline; give baseline: <path to a "
+                             "model or run folder> or remove change")
+        return gate.model_dump(mode="json")
 
 
 class ExportSpec(_Strict):
@@ -208,6 +230,128 @@ class AutoMLSpec(_Strict):
                                             "that the spaces do not set, e.g. {mlp: {max_epochs: 20}}.")
 
 
+class PruneVariantSpec(_Strict):
+    """Unstructured pruning of a variant: the lowest-scoring weights set to zero."""
+
+    method: str = Field("magnitude", description="A pruner that zeroes weights: magnitude (|w|) or obd "
+                        "(Optimal Brain Damage saliency).")
+    sparsity: float = Field(gt=0, lt=1, description="Share of the Linear/Conv weights set to zero, in (0, 1).")
+    scope: Literal["global", "layer"] = Field("global", description="Rank weights over all layers or per layer.")
+    epochs: int = Field(0, ge=0, description="Fine-tuning epochs on the train split along a polynomial-decay "
+                        "schedule; 0: one-shot.")
+    lr: float = Field(5e-4, gt=0, description="Fine-tuning learning rate.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_pruner(cls, v: str) -> str:
+        from modelyard.compress._registry import PRUNER_ALIASES, PRUNERS
+
+        v = PRUNER_ALIASES.get(v, v)
+        known = [n for n in PRUNERS.names() if not PRUNERS.get(n).structured]
+        if v not in known:
+            raise ValueError(f"unknown pruning method {v!r}; known: {', '.join(known)} "
+                             "(use structured: {fraction: ...} to remove whole units)")
+        return v
+
+
+class StructuredVariantSpec(_Strict):
+    """Structured pruning of a variant: whole neurons/channels removed, layers rebuilt smaller."""
+
+    fraction: float | None = Field(None, gt=0, lt=1, description="Share of the units removed from each layer.")
+    flops: float | None = Field(None, gt=0, le=1, description="Instead of fraction: share of the multiply-adds kept.")
+    criterion: Literal["l1", "l2"] = Field("l2", description="Unit importance: norm of its incoming weights.")
+    scope: Literal["layer", "global"] = "layer"
+    epochs: int = Field(0, ge=0, description="Fine-tuning epochs of the smaller model on the train split.")
+    lr: float = Field(5e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> StructuredVariantSpec:
+        if (self.fraction is None) == (self.flops is None):
+            raise ValueError("give exactly one of fraction (share of units removed) or flops (share of "
+                             "multiply-adds kept)")
+        return self
+
+
+class VariantSpec(_Strict):
+    """One compressed variant: structured pruning, then unstructured pruning, then quantization.
+
+    Also written as a short string: ``dynamic_int8``, ``magnitude:0.9``,
+    ``structured:0.5``, ``magnitude:0.5+static_int8``.
+    """
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,99}$",
+                             description="Row name in the table; default: built from the parts.")
+    structured: StructuredVariantSpec | None = None
+    prune: PruneVariantSpec | None = None
+    quantize: str | None = Field(None, description="An ONNX Runtime quantizer: dynamic_int8, static_int8, fp16, ...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from modelyard.compress._registry import parse_variant
+
+            return parse_variant(v)
+        return v
+
+    @field_validator("quantize")
+    @classmethod
+    def _known_quantizer(cls, v: str | None) -> str | None:
+        from modelyard.compress._registry import QUANTIZERS
+
+        if v is not None and v not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {v!r}; known: {', '.join(QUANTIZERS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> VariantSpec:
+        if self.structured is None and self.prune is None and self.quantize is None:
+            raise ValueError("a variant needs at least one of prune, structured or quantize, "
+                             "e.g. {quantize: dynamic_int8}")
+        return self
+
+
+class CompressSpec(_Strict):
+    """Compress the chosen model several ways, measure every variant on ONNX Runtime, pick the best.
+
+    Every variant is measured on the test split (size raw and gzip, p50/p99 latency per
+    batch size, metrics overall and per slice); the best is the smallest (``prefer``)
+    among those whose validation ``metric`` drops by at most ``max_accuracy_drop``.
+    """
+
+    model: str = Field("chosen", description="The model compressed: 'chosen' (the evaluate step's choice) or a "
+                       "trained model's name.")
+    variants: list[VariantSpec] | None = Field(None, min_length=1, description="Variants to build; default: "
+                                               "int8 and fp16 quantization, plus pruning for a torch model.")
+    metric: str | None = Field(None, description="Metric the budget applies to; default accuracy (rmse for "
+                               "regression).")
+    max_accuracy_drop: float = Field(0.01, ge=0, description="Largest allowed validation drop of the metric.")
+    prefer: Literal["size", "gzip", "latency"] = Field("size", description="What the best variant minimizes: "
+                                                       "file size, gzip size or p50 latency at the largest batch.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1,
+                                   description="Batch sizes timed on ONNX Runtime.")
+    repeats: int = Field(50, ge=1, description="Timed runs per batch size.")
+    warmup: int = Field(5, ge=0, description="Untimed runs per batch size first.")
+    threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads while timing.")
+    calibration_rows: int = Field(512, ge=1, description="Train rows that calibrate static quantization.")
+    rows: int | None = Field(None, ge=1, description="Measure on at most this many test rows; default all.")
+    seed: int = Field(0, ge=0)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _short_forms(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(f"must be a list of variants, e.g. [{v}]")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError("must be distinct positive integers, e.g. [1, 64]")
+        return v
+
+
 #: Feature-selection methods a spec can name (kept in step with
 #: :data:`modelyard.compress.FEATURE_SELECTION_METHODS`; the spec does not import scikit-learn).
 FEATURE_SELECTION = ("mutual_info", "anova", "chi2", "rfe", "l1", "tree")
@@ -259,6 +403,78 @@ class FeaturesSpec(_Strict):
         return self.method in FEATURE_EXTRACTION
 
 
+#: Explanation methods a spec can name (:data:`modelyard.explain._step.EXPLAIN_METHODS`).
+EXPLAIN_METHODS = ("permutation", "shap", "pdp", "lime", "ig")
+
+
+class ExplainSpec(_Strict):
+    """Explain the chosen model after evaluation: importances, SHAP, PDP/ICE, per-row explanations.
+
+    The defaults run in seconds: rows are sampled from the split, the SHAP background is
+    a small k-means summary of training rows.
+    """
+
+    methods: list[str] | None = Field(None, min_length=1, description="permutation, shap, pdp, lime, ig; default: "
+                                      "permutation, shap, pdp, and ig for a differentiable (torch) model.")
+    rows: list[int] = Field(default_factory=lambda: [0], description="Positions in the split explained one by "
+                            "one (per-row tables and plots), e.g. [0, 5, 9].")
+    model: str | None = Field(None, description="Model to explain; default: the one the evaluate step chose.")
+    split: Literal["test", "valid"] = Field("test", description="Split whose rows are explained.")
+    max_rows: int = Field(500, ge=1, description="Sampled rows for permutation importance and PDP/ICE.")
+    shap_rows: int = Field(100, ge=1, description="Sampled rows of the SHAP summary (plus the chosen rows).")
+    background: int = Field(20, ge=1, description="k-means background rows for SHAP (cost grows with it).")
+    background_pool: int = Field(500, ge=1, description="Training rows the background is summarized from.")
+    n_repeats: int = Field(5, ge=2, description="Permutation repeats (at least 2 for an interval).")
+    metric: str | None = Field(None, description="Permutation metric; default accuracy (classifiers) or rmse.")
+    top_k: int = Field(3, ge=1, description="Most important features that get PDP/ICE and dependence plots.")
+    grid_resolution: int = Field(20, ge=2, description="PDP grid points.")
+    ice_rows: int = Field(30, ge=0, description="ICE curves kept per feature.")
+    kernel_samples: int = Field(512, ge=2, description="Kernel SHAP coalitions per row.")
+    exact_max_features: int = Field(8, ge=1, le=14, description="Exact Shapley values up to this many features, "
+                                    "Kernel SHAP beyond (Tree SHAP for gradient boosting either way).")
+    lime_samples: int = Field(1000, ge=2, description="LIME neighbours per row.")
+    ig_steps: int = Field(32, ge=1, description="Integrated-gradients quadrature points.")
+    seed: int = Field(0, ge=0, description="Seeds the row samples, background, shuffles and samplers.")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _known_methods(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(f"must be a list of methods, e.g. [{v}]")  # noqa: TRY004 - pydantic reports ValueError
+        if isinstance(v, list):
+            unknown = [m for m in v if m not in EXPLAIN_METHODS]
+            if unknown:
+                raise ValueError(f"unknown explain method(s) {unknown}; known: {', '.join(EXPLAIN_METHODS)}")
+            if len(set(v)) != len(v):
+                raise ValueError("names a method twice; give each method once")
+        return v
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _row_positions(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"must be a list of row positions, e.g. [{v}]")  # noqa: TRY004 - pydantic reports ValueError
+        if isinstance(v, list):
+            bad = [r for r in v if isinstance(r, bool) or not isinstance(r, int) or r < 0]
+            if bad:
+                raise ValueError(f"row positions must be integers >= 0; got {bad}")
+            if len(set(v)) != len(v):
+                raise ValueError("names a row twice; give each row once")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _score_metric(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from modelyard.evaluate import METRICS
+
+        known = [n for n in METRICS.names() if METRICS.get(n).greater_is_better is not None]
+        if v not in known:
+            raise ValueError(f"unknown metric {v!r}; known: {known}")
+        return v
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline: data, (features), (search), (automl), train, evaluate, export, report."""
 
@@ -270,6 +486,10 @@ class PipelineSpec(_Strict):
     automl: AutoMLSpec | None = Field(None, description="Optional AutoML over several families before training.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    explain: ExplainSpec | None = Field(None, description="Optional explanations of the chosen model after "
+                                        "evaluation (importances, SHAP, PDP/ICE, per-row).")
+    compress: CompressSpec | None = Field(None, description="Optional compression of the chosen model: pruned "
+                                          "and quantized variants measured on ONNX Runtime, the best recorded.")
     export: ExportSpec = Field(default_factory=ExportSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
@@ -393,6 +613,14 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         if "automl" in spec.train.models:
             raise SpecError(f"Invalid {where}: train.models: the name 'automl' is taken by the AutoML model; "
                             "rename that model.")
+    if spec.explain is not None and spec.explain.model is not None:
+        candidates = list(spec.train.models) + (["search"] if spec.search is not None else []) + (
+            ["automl"] if spec.automl is not None else [])
+        if spec.explain.model not in candidates:
+            raise SpecError(f"Invalid {where}: explain.model: no model {spec.explain.model!r} in this pipeline; "
+                            f"models are {candidates} (or leave it out to explain the chosen one).")
+    if spec.compress is not None:
+        _check_compress(spec, where)
     for name, entry in spec.train.models.items():
         cls = model_config_class(entry.family)
         try:
@@ -400,6 +628,24 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         except ValidationError as exc:
             raise _format_errors(exc, model=cls, prefix=("train", "models", name), where=where) from None
     return spec
+
+
+def _check_compress(spec: PipelineSpec, where: str) -> None:
+    """Check the compress section: a model of this pipeline, variant names distinct."""
+    from modelyard.compress._step import make_variants
+
+    section = spec.compress
+    assert section is not None
+    candidates = list(spec.train.models) + (["search"] if spec.search is not None else []) + (
+        ["automl"] if spec.automl is not None else [])
+    if section.model != "chosen" and section.model not in candidates:
+        raise SpecError(f"Invalid {where}: compress.model: no model {section.model!r} in this pipeline; give "
+                        f"'chosen' or one of {candidates}.")
+    if section.variants is not None:
+        try:
+            make_variants([v.model_dump(exclude_none=True) for v in section.variants], where="compress.variants")
+        except SpecError as exc:
+            raise SpecError(f"Invalid {where}: {exc}") from None
 
 
 def _check_features(section: FeaturesSpec, where: str) -> None:

@@ -18,7 +18,8 @@ from modelyard.errors import DataError, ModelFormatError, SpecError
 from modelyard.pipeline._spec import FEATURE_EXTRACTION, PipelineSpec
 from modelyard.pipeline._step import ExternalInput, Step, StepContext
 
-__all__ = ["DataStep", "FeaturesStep", "SearchStep", "AutoMLStep", "TrainStep", "EvaluateStep", "ExportStep",
+__all__ = ["DataStep", "FeaturesStep", "SearchStep", "AutoMLStep", "TrainStep", "EvaluateStep", "ExplainStep",
+           "ExportStep", "CompressStep",
            "ReportStep", "build_steps", "resolve_source"]
 
 _SPLITS = ("train", "valid", "test")
@@ -458,10 +459,70 @@ def _jsonable(obj: Any) -> Any:
 
 
 class EvaluateStep(Step):
-    """Score every model on valid (for selection) and test (overall and per slice)."""
+    """Score every model on valid (for selection) and test (overall and per slice).
+
+    With a ``gate`` in the config, the chosen model is judged on the test split against
+    the gate's thresholds and, when ``gate.baseline`` names a model file or run folder
+    (a relative path from the spec's folder, else the working folder), against that baseline's values slice by
+    slice; ``blessing.json`` lists every check and the verdict (written whether blessed or
+    not), and ``blessed`` is recorded in the step's figures and in ``evaluation.json``.
+    """
 
     kind = "evaluate"
     VERSION = "1"
+
+    def _baseline_file(self) -> Path | None:
+        gate = self.config.get("gate")
+        if not gate or not gate.get("baseline"):
+            return None
+        from modelyard.evaluate._gate import resolve_model_file
+
+        try:
+            return resolve_model_file(Path(gate["baseline"]).expanduser().resolve())
+        except DataError as exc:
+            raise DataError(f"evaluate.gate.baseline: {exc}") from None
+
+    def external_inputs(self) -> list[ExternalInput]:
+        """The gate's baseline model file, so a new baseline re-runs the step."""
+        path = self._baseline_file()
+        if path is None:
+            return []
+        from modelyard.data import sha256_file
+
+        return [ExternalInput(f"baseline/{path.name}", str(path), sha256_file(path), path.stat().st_size)]
+
+    def code_version(self) -> str:
+        """With a gate, the gate's and the fairness module's sources are part of the version."""
+        base = super().code_version()
+        if not self.config.get("gate"):
+            return base
+        import hashlib
+        import inspect
+
+        from modelyard.evaluate import _fairness, _gate
+
+        digest = hashlib.sha256((inspect.getsource(_gate) + inspect.getsource(_fairness)).encode()).hexdigest()
+        return f"{base}/gate:{digest[:12]}"
+
+    def _gate(self, ctx: StepContext, chosen: str, test: Any, slices: list[Any]) -> dict[str, Any]:
+        """Judge the chosen model on the test split; write blessing.json; return its verdict."""
+        from modelyard.data import sha256_file
+        from modelyard.evaluate import gate_predictors, parse_gate
+        from modelyard.models import load_predictor
+
+        gate = parse_gate(self.config["gate"], where="evaluate.gate")
+        src = ctx.input(f"model:{chosen}")
+        candidate = load_predictor(src)
+        path = self._baseline_file()
+        baseline = load_predictor(path) if path is not None else None
+        result = gate_predictors(candidate, test.frame, gate, baseline=baseline,
+                                 slices=() if gate.slices else slices)
+        info = {"candidate": {"model": chosen, "path": src.name, "sha256": sha256_file(src)},
+                "baseline": None if path is None else {"path": str(path), "sha256": sha256_file(path)},
+                "split": "test"}
+        blessing = result.to_dict(**info)
+        ctx.write_json("blessing.json", blessing)
+        return {k: blessing[k] for k in ("blessed", "summary", "counts", "failed", "checks")}
 
     def run(self, ctx: StepContext) -> None:
         import math
@@ -506,12 +567,47 @@ class EvaluateStep(Step):
         if not finite:
             raise DataError(f"Every model's validation {metric} is NaN; choose another train.select.metric.")
         chosen = (min if mode == "min" else max)(finite, key=lambda k: (finite[k], -list(finite).index(k)))
+        verdict = self._gate(ctx, chosen, test, slices) if self.config.get("gate") else None
         ctx.write_json("evaluation.json", _jsonable({
             "models": out,
             "chosen": {"model": chosen, "metric": metric, "mode": mode, "split": "valid", "value": finite[chosen],
                        "family": out[chosen]["family"]},
+            **({"gate": verdict} if verdict is not None else {}),
         }))
         ctx.record(chosen=chosen, **{f"test_{metric}_{n}": out[n]["test"]["overall"].get(metric) for n in out})
+        if verdict is not None:
+            ctx.record(blessed=bool(verdict["blessed"]), gate_checks=verdict["counts"]["checks"],
+                       gate_failed=verdict["counts"]["failed"])
+
+
+class ExplainStep(Step):
+    """Explain the chosen model: permutation importance, SHAP, PDP/ICE, per-row explanations, plots.
+
+    The work is :func:`modelyard.explain._step.run_explain_step`; it writes
+    ``explain.json`` and one PNG per plot. That module's source is part of the cache key.
+    """
+
+    kind = "explain"
+    VERSION = "1"
+
+    def code_version(self) -> str:
+        import hashlib
+        import inspect
+
+        from modelyard.explain import _step
+
+        digest = hashlib.sha256(inspect.getsource(_step).encode()).hexdigest()[:12]
+        return f"{super().code_version()}/explain:{digest}"
+
+    def run(self, ctx: StepContext) -> None:
+        from modelyard.explain._step import run_explain_step
+
+        run_explain_step(self.config, ctx)
+
+    def summary(self, figures: dict[str, Any]) -> str:
+        shap = f" · SHAP {figures['shap_method']}" if figures.get("shap_method") else ""
+        top = f" · top feature {figures['top_feature']}" if figures.get("top_feature") else ""
+        return f"{figures.get('model', '?')}: {figures.get('methods', '')}{shap}{top}"
 
 
 class ExportStep(Step):
@@ -635,6 +731,42 @@ class ExportStep(Step):
         return diff, len(raw), {"downstream_max_abs_diff": down_diff}
 
 
+class CompressStep(Step):
+    """Compress the chosen model several ways; measure every variant on ONNX Runtime; record the best.
+
+    The work is :func:`modelyard.compress._step.run_step`: pruned and quantized variants,
+    measured on the test split (size raw and gzip, p50/p99 latency, metrics overall and
+    per slice), the best chosen on the validation split under ``max_accuracy_drop``.
+    Writes ``compress.json``, ``compress.csv``, ``slices.csv``, two PNG plots,
+    ``variants/*.onnx`` and ``best.onnx`` (published as ``model.compressed.onnx``). The
+    source of :mod:`modelyard.compress._step` and ``_registry`` is part of the cache key.
+    """
+
+    kind = "compress"
+    VERSION = "1"
+    publish = {"best.onnx": "model.compressed.onnx"}
+
+    def code_version(self) -> str:
+        import hashlib
+
+        folder = Path(__file__).resolve().parent.parent / "compress"  # read, not imported: no torch on a cached run
+        src = b"".join((folder / name).read_bytes() for name in ("_step.py", "_registry.py"))
+        return f"{super().code_version()}/compress:{hashlib.sha256(src).hexdigest()[:12]}"
+
+    def run(self, ctx: StepContext) -> None:
+        from modelyard.compress._step import run_step
+
+        run_step(ctx, self.config)
+
+    def summary(self, figures: dict[str, Any]) -> str:
+        ratio, drop = figures.get("best_size_ratio"), figures.get("best_valid_drop")
+        shown = (f" · size ×{ratio:.3g}" if isinstance(ratio, float) else "") + (
+            f" · valid drop {drop:+.4f}" if isinstance(drop, float) else "")
+        failed = f" · {figures['failed']} failed" if figures.get("failed") else ""
+        return f"{figures.get('variants', '?')} variants of {figures.get('model', '?')} · best " \
+               f"{figures.get('best', '?')}{shown}{failed}"
+
+
 class ReportStep(Step):
     """Write metrics.json, the self-contained report.html and model_card.md."""
 
@@ -677,6 +809,10 @@ class ReportStep(Step):
             summary["features"] = {**ctx.read_json("features"),
                                    "serving": {"inputs": export.get("inputs", "raw"),
                                                "transform": export.get("transform")}}
+        if "explain" in ctx.input_paths:
+            summary["explain"] = ctx.read_json("explain")
+        if "compress" in ctx.input_paths:
+            summary["compress"] = ctx.read_json("compress")
         ctx.write_json("metrics.json", summary)
         if self.config["format"] == "html":
             ctx.write_text("report.html", render_html(summary))
@@ -726,6 +862,20 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     steps.append(EvaluateStep("evaluate", eval_cfg, {"valid": f"{source}:valid.parquet",
                                                      "test": f"{source}:test.parquet",
                                                      "schema": f"{source}:schema.json", **model_inputs}))
+    explain_cfg = resolved.get("explain")
+    if explain_cfg is not None:
+        steps.append(ExplainStep("explain", dict(explain_cfg), {
+            "evaluation": "evaluate:evaluation.json", "split": f"{source}:{explain_cfg['split']}.parquet",
+            "train": f"{source}:train.parquet", "schema": f"{source}:schema.json",
+            **{k: v for k, v in model_inputs.items() if k.startswith("model:")}}))
+    compress_cfg = resolved.get("compress")
+    if compress_cfg is not None:
+        compress_cfg = {**compress_cfg, "slices": resolved["evaluate"]["slices"],
+                        "metrics": resolved["evaluate"]["metrics"]}
+        steps.append(CompressStep("compress", compress_cfg, {
+            "evaluation": "evaluate:evaluation.json", "schema": f"{source}:schema.json",
+            **{name: f"{source}:{name}.parquet" for name in _SPLITS},
+            **{k: v for k, v in model_inputs.items() if k.startswith("model:")}}))
     export_inputs = {"evaluation": "evaluate:evaluation.json", "test": f"{source}:test.parquet",
                      "schema": f"{source}:schema.json", **model_inputs}
     if features is not None and features["method"] in FEATURE_EXTRACTION:
@@ -739,6 +889,10 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
         report_inputs["search"] = "search:search.json"
     if automl_cfg is not None:
         report_inputs["automl"] = "automl:automl.json"
+    if explain_cfg is not None:
+        report_inputs["explain"] = "explain:explain.json"
+    if compress_cfg is not None:
+        report_inputs["compress"] = "compress:compress.json"
     steps.append(ReportStep("report", {**resolved["report"], "pipeline": spec.name, "spec": resolved},
                             report_inputs))
     return steps

@@ -608,6 +608,135 @@ def _features_section(features: Any, *, plots: bool) -> dict[str, Any] | None:
     return out
 
 
+def _explain_section(explain: Any, *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``explain`` part: importances, SHAP, PDP/ICE, per-row explanations, IG heatmaps.
+
+    The charts are drawn from the step's numbers by
+    :func:`modelyard.explain._step.explanation_figures` (the same drawings as its PNG
+    files); the tables hold the same numbers as text. Strings are escaped by the template.
+    """
+    if not isinstance(explain, Mapping):
+        return None
+    perm = explain.get("permutation") if isinstance(explain.get("permutation"), Mapping) else None
+    importance = []
+    if perm:
+        for r in list(perm.get("table") or [])[:15]:
+            if isinstance(r, Mapping):
+                importance.append({"feature": _text(r.get("feature")), "importance": _num(r.get("importance")),
+                                   "low": _num(r.get("low")), "high": _num(r.get("high"))})
+    shap = explain.get("shap") if isinstance(explain.get("shap"), Mapping) else None
+    rows = []
+    for r in explain.get("rows") or []:
+        if not isinstance(r, Mapping):
+            continue
+        parts = []
+        for method, part in (r.get("explanations") or {}).items():
+            if not isinstance(part, Mapping):
+                continue
+            contribs = [{"feature": _text(c.get("feature")), "value": _text(c.get("value")),
+                         "contribution": _num(c.get("contribution"))}
+                        for c in list(part.get("contributions") or [])[:12] if isinstance(c, Mapping)]
+            parts.append({"method": _text(method), "output": _text(part.get("output")),
+                          "base_value": _num(part.get("base_value")), "prediction": _num(part.get("prediction")),
+                          "delta": _num(part.get("delta")), "contributions": contribs})
+        rows.append({"row": _text(r.get("row")), "predicted": _text(r.get("predicted")), "parts": parts})
+    out: dict[str, Any] = {
+        "model": _text(explain.get("model")), "family": _text(explain.get("family")),
+        "split": _text(explain.get("split")) or "test", "methods": [_text(m) for m in explain.get("methods") or []],
+        "skipped": [{"method": _text(s.get("method")), "reason": _text(s.get("reason"))}
+                    for s in explain.get("skipped") or [] if isinstance(s, Mapping)],
+        "metric": metric_label(_text(perm.get("metric"))) if perm else None,
+        "perm_rows": _num(perm.get("rows")) if perm else None, "n_repeats": _num(perm.get("n_repeats")) if perm else None,
+        "importance": importance,
+        "shap_method": _text(shap.get("method")) if shap else None,
+        "shap_rows": len(shap.get("rows") or []) if shap else 0,
+        "shap_output": _text((shap.get("output_names") or [""])[0]) if shap else None,
+        "rows": rows, "charts": {},
+    }
+    if plots:
+        from modelyard.explain._step import explanation_figures
+        from modelyard.report._plots import _to_data_uri
+
+        charts: dict[str, list[dict[str, str]]] = {}
+        for name, caption, fig in explanation_figures(explain):
+            group = ("importance" if name in ("importance.png", "shap_importance.png") else
+                     "summary" if name == "shap_summary.png" else
+                     "dependence" if name.startswith("dependence_") else
+                     "pdp" if name.startswith("pdp_") else
+                     "rows" if name.startswith("row_") else "ig")
+            charts.setdefault(group, []).append({"src": _to_data_uri(fig), "caption": caption})
+        out["charts"] = charts
+    return out
+
+
+def _compress_section(compress: Any, *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``compress`` part (``compress.json``): the variants table, the best one, two plots, slices."""
+    if not isinstance(compress, Mapping) or not isinstance(compress.get("table"), list):
+        return None
+    metric = _text(compress.get("metric")) or "accuracy"
+    batches = [int(b) for b in compress.get("batch_sizes") or [] if isinstance(b, (int, float))]
+    best = _text(compress.get("best"))
+
+    def ms(v: Any) -> str:
+        x = _num(v)
+        return "—" if x is None else (f"{x:.3g} ms" if x < 100 else f"{x:,.0f} ms")
+
+    rows = []
+    for r in compress["table"]:
+        if not isinstance(r, Mapping):
+            continue
+        rows.append({
+            "variant": _text(r.get("variant")), "reference": r.get("kind") == "reference",
+            "best": _text(r.get("variant")) == best, "error": _text(r.get("error")),
+            "size": _num(r.get("size_bytes")), "gzip": _num(r.get("gzip_bytes")),
+            "size_ratio": _num(r.get("size_ratio")),
+            "latency": [(ms(r.get(f"p50_ms_b{b}")), ms(r.get(f"p99_ms_b{b}"))) for b in batches],
+            "value": _num(r.get(metric)), "change": _num(r.get(f"{metric}_change")),
+            "valid_drop": _num(r.get("valid_drop")), "within": r.get("within_budget") is True,
+        })
+        row = rows[-1]
+        sparsity, flops = _num(r.get("weight_sparsity")), _num(r.get("flops_ratio"))
+        row["note"] = [n for n in (
+            "reference" if row["reference"] else "best" if row["best"] else "over budget" if not row["within"] else "",
+            f"{fmt_share(sparsity)} zero weights" if sparsity is not None else "",
+            f"{fmt_share(flops)} of the FLOPs" if flops is not None else "") if n]
+    # Per-slice values of the budget metric: slice -> group -> {variant: value}.
+    slices: dict[str, dict[str, dict[str, float | None]]] = {}
+    measurements = compress.get("measurements") if isinstance(compress.get("measurements"), Mapping) else {}
+    for variant, m in measurements.items():
+        by_slice = m.get("by_slice") if isinstance(m, Mapping) and isinstance(m.get("by_slice"), Mapping) else {}
+        for slice_name, groups in by_slice.items():
+            if not isinstance(groups, Mapping):
+                continue
+            for group, values in groups.items():
+                if isinstance(values, Mapping):
+                    slices.setdefault(str(slice_name), {}).setdefault(str(group), {})[str(variant)] = _num(
+                        values.get(metric))
+    names = [r["variant"] for r in rows if not r["error"]]
+    out: dict[str, Any] = {
+        "model": _text(compress.get("model")), "metric": metric, "batch_sizes": batches, "best": best,
+        "reason": _text(compress.get("reason")), "max_drop": _num(compress.get("max_accuracy_drop")),
+        "prefer": _text(compress.get("prefer")), "rows_measured": compress.get("rows_measured"),
+        "rows": rows, "names": names,
+        "slices": [{"name": s, "groups": [{"group": g, "cells": [v.get(n) for n in names]} for g, v in groups.items()]}
+                   for s, groups in slices.items()],
+        "size_chart": None, "latency_chart": None,
+    }
+    if plots and rows:
+        import matplotlib
+        import pandas as pd
+
+        from modelyard.compress._step import compress_figures
+        from modelyard.report import _plots
+
+        table = pd.DataFrame(compress["table"])
+        with matplotlib.rc_context(_plots._style()):
+            figures = compress_figures(table, metric=metric, best=best, batch_size=max(batches) if batches else None)
+            out["size_chart"] = _plots._to_data_uri(figures["size_accuracy"])
+            out["latency_chart"] = _plots._to_data_uri(figures["latency_accuracy"])
+    return out
+
+
 def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
     from modelyard import __version__
     from modelyard.report import _plots
@@ -638,6 +767,8 @@ def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any
         "search": _search_section(summary.get("search"), plots=plots),
         "automl": _automl_section(summary.get("automl")),
         "features": _features_section(summary.get("features"), plots=plots),
+        "explain": _explain_section(summary.get("explain"), plots=plots),
+        "compress": _compress_section(summary.get("compress"), plots=plots),
         "title": view["pipeline"] or "modelyard run",
         "headline_metrics": headline_metrics,
         "best": {metric: _best(models, metric) for metric in headline_metrics},

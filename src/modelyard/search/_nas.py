@@ -20,10 +20,13 @@ comparing strategies on one data subset trains each distinct cell once).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -347,6 +350,47 @@ class NASResult:
             "seconds": self.seconds,
             "records": [r.to_dict() for r in self.records],
         }
+
+    def save(self, folder: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write ``nas.json`` (settings, best model, every record), ``leaderboard.csv`` and ``history.png``.
+
+        Each file is written atomically (a temporary file, then a rename), so a reader
+        never sees a part of one.
+
+        Returns
+        -------
+        dict of str to Path
+            The files written, by name.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from modelyard._atomic import atomic_path, atomic_write_bytes
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = self.to_dict()
+        payload["best"] = self.best.to_dict()
+        files = {"nas.json": folder / "nas.json", "leaderboard.csv": folder / "leaderboard.csv",
+                 "history.png": folder / "history.png"}
+        atomic_write_bytes(files["nas.json"], json.dumps(payload, indent=1, default=str).encode())
+        board = self.to_dataframe().sort_values(["accuracy", "index"], ascending=[False, True])
+        atomic_write_bytes(files["leaderboard.csv"], board.to_csv(index=False).encode())
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        index = [r.index for r in self.records]
+        ax.scatter(index, [r.accuracy for r in self.records], s=14, alpha=0.6, label="model")
+        ax.step(index, self.best_so_far(), where="post", color="C3", label="best so far")
+        ax.set_xlabel("models trained")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(f"NAS ({self.strategy}): accuracy by models trained")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        with atomic_path(files["history.png"]) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        return files
 
 
 def _known_strategies() -> list[str]:

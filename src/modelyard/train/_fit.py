@@ -12,7 +12,7 @@ from modelyard.data._tabular import TabularSplit
 from modelyard.models._config import ImageNetConfig, LatticeConfig, MLPConfig
 from modelyard.models._mlp import TabularMLP
 from modelyard.models._torch import TorchPredictor
-from modelyard.train._trainer import EpochCallback, Trainer
+from modelyard.train._trainer import EpochCallback, LossHook, Trainer
 
 __all__ = ["fit_image", "fit_lattice", "fit_mlp"]
 
@@ -23,6 +23,8 @@ def fit_mlp(
     config: MLPConfig = MLPConfig(),  # noqa: B008 - frozen pydantic model, safe as a default
     *,
     callback: EpochCallback | None = None,
+    sample_weight: np.ndarray | None = None,
+    loss_hook: LossHook | None = None,
 ) -> TorchPredictor:
     """Fit a :class:`TabularMLP` on ``train``, early-stopping on ``valid``.
 
@@ -37,6 +39,8 @@ def fit_mlp(
         Architecture and training hyperparameters.
     callback : callable or None, default=None
         ``callback(epoch, max_epochs, logs)`` after each epoch (see :class:`modelyard.train.Trainer`).
+    sample_weight, loss_hook : optional
+        Per-row training weights and a batch penalty, passed to :meth:`Trainer.fit`.
 
     Returns
     -------
@@ -46,7 +50,7 @@ def fit_mlp(
     """
     if not isinstance(config, MLPConfig):
         raise TypeError(f"config must be an MLPConfig; got {type(config).__name__}.")
-    return _fit_tabular(TabularMLP, train, valid, config, callback)
+    return _fit_tabular(TabularMLP, train, valid, config, callback, sample_weight=sample_weight, loss_hook=loss_hook)
 
 
 def fit_lattice(
@@ -74,7 +78,8 @@ def fit_lattice(
 
 
 def _fit_tabular(cls: Any, train: TabularSplit, valid: TabularSplit, config: Any,
-                 callback: EpochCallback | None) -> TorchPredictor:
+                 callback: EpochCallback | None, *, sample_weight: np.ndarray | None = None,
+                 loss_hook: LossHook | None = None) -> TorchPredictor:
     """Build a :class:`TabularModule` family from ``train`` and train it with the :class:`Trainer`."""
     x_num, _ = encode_frame(train.X, train.schema)
     module = cls.build(train.schema, config, x_num=x_num, y=train.y)
@@ -87,7 +92,7 @@ def _fit_tabular(cls: Any, train: TabularSplit, valid: TabularSplit, config: Any
         seed=config.seed,
         callback=callback,
     )
-    trainer.fit(module, train, valid)
+    trainer.fit(module, train, valid, sample_weight=sample_weight, loss_hook=loss_hook)
     predictor = TorchPredictor(module, train.schema, config=config)
     predictor.history_ = trainer.history_
     predictor.best_epoch_ = trainer.best_epoch_

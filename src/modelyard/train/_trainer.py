@@ -19,12 +19,15 @@ from modelyard.data._image import ImageSplit
 from modelyard.data._tabular import TabularSplit
 from modelyard.errors import SchemaMismatchError
 
-__all__ = ["Trainer", "EpochCallback"]
+__all__ = ["EpochCallback", "LossHook", "Trainer"]
 
 Split = TabularSplit | ImageSplit
 
 #: ``callback(epoch, max_epochs, logs)``: called after every epoch (``epoch`` counts from 1).
 EpochCallback = Callable[[int, int, dict[str, float]], None]
+
+#: ``loss_hook(out, idx) -> scalar tensor``: a penalty added to each training batch's loss.
+LossHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Trainer:
@@ -131,7 +134,15 @@ class Trainer:
             raise TypeError(f"Trainer callback must be callable(epoch, max_epochs, logs); got {self.callback!r}.")
 
     # -- fitting ------------------------------------------------------------------------
-    def fit(self, module: nn.Module, train: Split, valid: Split) -> Trainer:
+    def fit(
+        self,
+        module: nn.Module,
+        train: Split,
+        valid: Split,
+        *,
+        sample_weight: np.ndarray | None = None,
+        loss_hook: LossHook | None = None,
+    ) -> Trainer:
         """Train ``module`` in place on ``train``, early-stopping on ``valid``.
 
         Parameters
@@ -144,6 +155,15 @@ class Trainer:
         train, valid : TabularSplit or ImageSplit
             Training rows and the validation rows that decide early stopping; both
             must share one schema (tabular) or image shape (images).
+        sample_weight : array of shape (len(train),) or None, default=None
+            Non-negative weight per training row (for example reweighing's
+            ``P(g) P(y) / P(g, y)``); each batch's loss is then the weighted mean
+            ``sum(w * loss) / sum(w)``. The validation loss stays unweighted.
+        loss_hook : callable or None, default=None
+            ``loss_hook(out, idx) -> scalar tensor`` added to each training batch's loss,
+            where ``out`` is the module's output for the batch and ``idx`` the batch's row
+            positions in ``train`` (a penalty such as MinDiff's MMD looks up the rows'
+            groups by them). Not applied to the validation loss.
 
         Returns
         -------
@@ -160,6 +180,9 @@ class Trainer:
         classify = _classify(train)
         x_tr, y_tr = _tensors(train, classify)
         x_va, y_va = _tensors(valid, classify)
+        w_tr = _weights(sample_weight, len(y_tr))
+        if loss_hook is not None and not callable(loss_hook):
+            raise TypeError(f"loss_hook must be callable(out, idx) -> tensor; got {loss_hook!r}.")
 
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -180,7 +203,13 @@ class Trainer:
                 for lo in range(0, n, self.batch_size):
                     idx = order[lo : lo + self.batch_size]  # (b,)
                     out = module(*(x[idx] for x in x_tr))  # (b, n_classes) or (b,)
-                    loss = _loss(out, y_tr[idx], classify)
+                    if w_tr is None:
+                        loss = _loss(out, y_tr[idx], classify)
+                    else:
+                        w = w_tr[idx]  # (b,)
+                        loss = (_loss(out, y_tr[idx], classify, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+                    if loss_hook is not None:
+                        loss = loss + loss_hook(out, idx)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -294,6 +323,18 @@ def _tensors(split: Split, classify: bool) -> tuple[tuple[torch.Tensor, ...], to
     x_num, x_cat = encode_frame(split.X, split.schema)
     y = torch.from_numpy(np.array(split.y, dtype=np.int64 if classify else np.float32))  # a writable copy
     return (torch.from_numpy(x_num), torch.from_numpy(x_cat)), y
+
+
+def _weights(sample_weight: np.ndarray | None, n: int) -> torch.Tensor | None:
+    """Validated per-row training weights as a float32 tensor, or None."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if len(w) != n:
+        raise ValueError(f"sample_weight has {len(w)} values but the train split has {n} rows; pass one per row.")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("sample_weight must be finite, non-negative and not all zero.")
+    return torch.from_numpy(w.astype(np.float32))
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, classify: bool, reduction: str = "mean") -> torch.Tensor:
