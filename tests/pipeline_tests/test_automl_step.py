@@ -56,7 +56,7 @@ def test_automl_model_joins_the_candidates(workdir: Path, sqlite_url: str) -> No
         ({"families": []}, "automl.families: List should have at least 1 item"),
         ({"time_budget": 0}, "automl.time_budget: Input should be greater than 0"),
         ({"ensemble": "voting"}, "automl.ensemble: Input should be 'weighted', 'stacked' or 'none'"),
-        ({"strategy": "bayes"}, "automl.strategy: unknown search strategy 'bayes'; known: ['cmaes', "),
+        ({"strategy": "bayes"}, "automl.strategy: unknown search strategy 'bayes'; known: ['auto', 'cmaes', "),
         ({"metric": "count"}, "automl.metric: unknown metric 'count'; known: ["),
         ({"budget": 5}, "automl: unknown key 'budget'; allowed keys: base, candidates, ensemble, families"),
         ({"base": {"mlp": {"max_epochs": 3}}, "families": ["gbm"]}, "automl.base: 'mlp' is not one of the tuned"),

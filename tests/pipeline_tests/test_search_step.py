@@ -72,7 +72,7 @@ def test_report_shows_a_pareto_front() -> None:
 @pytest.mark.parametrize(
     ("search", "message"),
     [
-        ({"strategy": "bayes"}, "search.strategy: unknown search strategy 'bayes'; known: ['cmaes', 'evolution', "
+        ({"strategy": "bayes"}, "search.strategy: unknown search strategy 'bayes'; known: ['auto', 'cmaes', 'evolution', "
          "'gp', 'nsga2', 'random', 'rl', 'tpe']."),
         ({"early_stopping": "patience"}, "search.early_stopping: unknown early stopping rule 'patience'; known: "
          "['asha', 'hyperband', 'median', 'none']."),

@@ -898,7 +898,7 @@ class GPBOSampler(BaseSampler):
             mu, var = gp.posterior(full)
             loss = -log_expected_improvement(mu, var, best).sum()
             loss.backward()
-            return float(loss), np.nan_to_num(t.grad.numpy().ravel())  # type: ignore[union-attr]
+            return float(loss.detach()), np.nan_to_num(t.grad.numpy().ravel())  # type: ignore[union-attr]
 
         bounds = [(float(lo[j]), float(hi[j])) for j in np.flatnonzero(num)] * k
         res = minimize(
