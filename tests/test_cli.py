@@ -116,7 +116,7 @@ def test_spec_unknown_key_and_wrong_type(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", csv, evaluate={"slicez": ["sex"]})
     proc, err = _bad_run(tmp_path, spec)
     assert proc.returncode == 2
-    assert err == ("error: Invalid spec 's.yaml': evaluate: unknown key 'slicez'; allowed keys: gate, metrics, slices.")
+    assert err == ("error: Invalid spec 's.yaml': evaluate: unknown key 'slicez'; allowed keys: bootstrap, confidence, fairness, gate, metrics, slices.")
     assert not (tmp_path / "runs").exists()  # validated before anything runs: nothing written
     spec = write_spec(tmp_path / "s.yaml", csv, export={"atol": "tiny"})
     proc, err = _bad_run(tmp_path, spec)

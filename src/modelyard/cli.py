@@ -138,7 +138,7 @@ def automl_cmd(
                                           "(linear meta-model) or none.")] = "weighted",
     metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric to rank and ensemble by; "
                                                   "default log_loss (classifiers) or rmse.")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="Search strategy of every family.")] = "tpe",
+    strategy: Annotated[str, typer.Option("--strategy", help="Search strategy of every family.")] = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for leaderboard.csv, automl.json and the "
                                       "ONNX models.")] = Path("automl"),
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the split, the samplers and the models.")] = 0,

@@ -81,4 +81,4 @@ def test_automl_defaults_resolve() -> None:
     spec = parse_spec({"name": "t", "data": {"source": "adult"}, "automl": {}})
     resolved = spec.resolved()["automl"]
     assert resolved["families"] == ["linear", "gbm", "mlp"]
-    assert resolved["time_budget"] == 60.0 and resolved["ensemble"] == "weighted" and resolved["strategy"] == "tpe"
+    assert resolved["time_budget"] == 60.0 and resolved["ensemble"] == "weighted" and resolved["strategy"] == "auto"

@@ -35,7 +35,7 @@ def test_defaults_are_filled_in() -> None:
         (_with(extra=1), "Invalid spec: (top level): unknown key 'extra'; allowed keys: automl, compress, data, "
          "evaluate, explain, export, features, name, report, search, train."),
         (_with(data={"source": "adult", "splt": {}}), "Invalid spec: data: unknown key 'splt'; allowed keys: "
-         "categorical, drop, sensitive, source, split, target, task."),
+         "categorical, drop, sensitive, source, split, subsample, target, task."),
         (_with(data={"source": "adult", "split": {"valid": "lots"}}),
          "Invalid spec: data.split.valid: Input should be a valid number, unable to parse string as a number "
          "(got \"lots\")."),
@@ -46,7 +46,7 @@ def test_defaults_are_filled_in() -> None:
         (_with(evaluate={"slices": ["sex", "race", ["sex", "race"], {"feature": "age", "buckets": [45, 25]}]}),
          "Invalid spec: evaluate.slices[3].buckets: must be strictly increasing (got [45, 25])."),
         (_with(train={"models": {"mlp": {"family": "xgb"}}}),
-         "Invalid spec: train.models.mlp.family: unknown model family 'xgb'; known: ['gbm', 'lattice', 'mlp'] (got \"xgb\")."),
+         "Invalid spec: train.models.mlp.family: unknown model family 'xgb'; known: ['cnn', 'gbm', 'lattice', 'mlp'] (got \"xgb\")."),
         (_with(train={"models": {"mlp": {"family": "mlp", "max_epochs": "ten"}}}),
          "Invalid spec: train.models.mlp.max_epochs: Input should be a valid integer, unable to parse string as "
          "an integer (got \"ten\")."),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import os
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from modelyard.errors import DataError
 
-__all__ = ["ImageSplit", "ImageData"]
+__all__ = ["ImageData", "ImageSplit", "load_image_split", "save_image_split"]
 
 
 @dataclass
@@ -77,3 +81,51 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image."""
         return self.train.image_shape
+
+
+#: Fixed timestamp of every member of a saved split: the same images give the same bytes.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def save_image_split(split: ImageSplit, path: str | os.PathLike[str]) -> Path:
+    """Write ``split`` as a compressed ``.npz`` (arrays ``x`` and ``y``) that ``np.load`` reads without pickle.
+
+    The bytes depend only on the arrays (fixed member timestamps, deflate level 6), so
+    the file's digest identifies the images: a pipeline's cache reuses the steps after it.
+    """
+    if not isinstance(split, ImageSplit):
+        raise TypeError(f"save_image_split needs an ImageSplit; got {type(split).__name__}.")
+    path = Path(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for key, array in (("x", split.x), ("y", split.y)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue(), compresslevel=6)
+    return path
+
+
+def load_image_split(path: str | os.PathLike[str]) -> ImageSplit:
+    """Read a split written by :func:`save_image_split` (``allow_pickle=False``).
+
+    Raises
+    ------
+    DataError
+        The file is missing, not an ``.npz`` with arrays ``x`` and ``y``, or the arrays are
+        not uint8 images ``(N, C, H, W)`` with int64 labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Image split {str(path)!r} does not exist; re-run the data step.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if not {"x", "y"} <= names:
+                raise DataError(f"{str(path)!r} holds arrays {sorted(names)}, not 'x' and 'y'; "
+                                "write it with save_image_split.")
+            x, y = npz["x"], npz["y"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{str(path)!r} is not a readable .npz image split ({exc}); re-run the data step.") from exc
+    return ImageSplit(x, y)

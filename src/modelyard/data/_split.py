@@ -32,7 +32,7 @@ import pandas as pd
 from modelyard.data._schema import MAX_CLASSES, Task, _is_numeric
 from modelyard.errors import DataError
 
-__all__ = ["split_frame", "split_indices", "check_fractions"]
+__all__ = ["check_fractions", "split_frame", "split_indices", "subsample_indices"]
 
 
 def check_fractions(valid: Any, test: Any) -> tuple[float, float]:
@@ -233,3 +233,34 @@ def split_frame(
         )
     idx = split_indices(frame[target], valid=valid, test=test, seed=seed, stratify=stratify, task=task)
     return tuple(frame.iloc[i].reset_index(drop=True) for i in idx)  # type: ignore[return-value]
+
+
+def subsample_indices(y: pd.Series | np.ndarray | Sequence[Any], n: int, *, seed: int,
+                      stratify: bool = True) -> np.ndarray:
+    """At most ``n`` seeded row positions of ``y``, ascending; stratified on ``y`` when asked.
+
+    With ``stratify``, each class keeps its share of the ``n`` rows (largest-remainder
+    apportionment, as the splits are made), so a small sample still holds every class in
+    proportion. ``n >= len(y)`` gives every position.
+
+    Raises
+    ------
+    DataError
+        If ``n`` is not a positive integer.
+    """
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+        raise DataError(f"A subsample needs a positive number of rows; got {n!r}.")
+    y = pd.Series(y, copy=False) if not isinstance(y, pd.Series) else y
+    if n >= len(y):
+        return np.arange(len(y), dtype=np.int64)
+    rng = np.random.default_rng(int(seed))
+    if not stratify:
+        return np.sort(rng.choice(len(y), size=int(n), replace=False)).astype(np.int64)
+    codes, _ = pd.factorize(y, use_na_sentinel=False)
+    counts = np.bincount(codes)
+    take = _apportion(counts, int(n), caps=counts)
+    assert take is not None  # n < len(y) == counts.sum()
+    by_class = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = [rng.permutation(by_class[starts[c] : starts[c + 1]])[: take[c]] for c in range(len(counts))]
+    return np.sort(np.concatenate(parts)).astype(np.int64)

@@ -275,7 +275,7 @@ def _intact(a: ArtifactRecord) -> bool:
 
 def _artifact_type(name: str) -> str:
     suffix = Path(name).suffix.lower()
-    return {".parquet": "dataset", ".safetensors": "model", ".onnx": "model", ".json": "metrics",
+    return {".parquet": "dataset", ".npz": "dataset", ".safetensors": "model", ".onnx": "model", ".json": "metrics",
             ".html": "report", ".md": "model_card"}.get(suffix, "file")
 
 

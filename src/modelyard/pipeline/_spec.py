@@ -34,6 +34,7 @@ __all__ = [
     "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "FeaturesSpec", "FEATURE_SELECTION", "FEATURE_EXTRACTION",
     "CompressSpec", "VariantSpec", "PruneVariantSpec", "StructuredVariantSpec",
     "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class", "ExplainSpec", "EXPLAIN_METHODS",
+    "SubsampleSpec", "IMAGE_FAMILIES", "IMAGE_SOURCES", "is_image_source",
 ]
 
 #: Model families a spec can name, and where their typed config lives. The config
@@ -42,7 +43,19 @@ MODEL_FAMILY_CONFIGS: dict[str, str] = {
     "mlp": "modelyard.models._config:MLPConfig",
     "gbm": "modelyard.models._config:GBMConfig",
     "lattice": "modelyard.models._config:LatticeConfig",
+    "cnn": "modelyard.models._config:ImageNetConfig",
 }
+
+#: Families that train on images (the others train on tabular rows).
+IMAGE_FAMILIES = ("cnn",)
+#: Built-in data sets of images (:func:`modelyard.data.load` returns ``ImageData``); a
+#: pipeline on one of them trains ``cnn`` models and stores its splits as ``.npz``.
+IMAGE_SOURCES = ("mnist", "fashion_mnist")
+
+
+def is_image_source(source: str) -> bool:
+    """True if ``source`` names a built-in image data set (``fashion-mnist`` counts)."""
+    return source.strip().lower().replace("-", "_") in IMAGE_SOURCES
 
 
 def model_config_class(family: str) -> type[BaseModel]:
@@ -72,6 +85,15 @@ class SplitSpec(_Strict):
         return v
 
 
+class SubsampleSpec(_Strict):
+    """At most this many rows (or images) of each split; null keeps the whole split."""
+
+    train: int | None = Field(None, ge=1)
+    valid: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0, description="Seed of the sample (the split has its own seed).")
+
+
 class DataSpec(_Strict):
     """Where the data comes from: a built-in data set's name or a CSV/Parquet path."""
 
@@ -83,6 +105,8 @@ class DataSpec(_Strict):
     categorical: list[str] = Field(default_factory=list, description="Numeric columns to treat as categorical.")
     task: Literal["binary", "multiclass", "regression"] | None = Field(None, description="Inferred when omitted.")
     split: SplitSpec = Field(default_factory=SplitSpec)
+    subsample: SubsampleSpec | None = Field(None, description="Keep at most this many rows (images) per split, a "
+                                            "seeded sample stratified on the target: for quick runs.")
 
 
 class ModelEntry(BaseModel):
@@ -159,6 +183,11 @@ class EvaluateSpec(_Strict):
                                         "{baseline: path to a model file or run folder (or null: absolute "
                                         "thresholds only), slices, min_count, thresholds: {accuracy: {min: 0.8}}, "
                                         "change: {accuracy: {max_drop: 0.01}}}; see examples/gate.yaml.")
+    bootstrap: int = Field(200, ge=0, le=10000, description="Poisson-bootstrap replicates for the intervals of "
+                           "every test metric, overall and per group (0: no intervals).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Level of the bootstrap percentile intervals.")
+    fairness: bool = Field(True, description="Fairness indicators of the chosen model over the data's sensitive "
+                           "columns (binary tasks): rates per group, disparities; written to fairness.json.")
 
     @field_validator("gate", mode="before")
     @classmethod
@@ -195,7 +224,7 @@ class SearchSpec(_Strict):
     family: Literal["mlp", "gbm"] = Field("mlp", description="Model family whose hyperparameters are searched.")
     space: str | dict[str, Any] | None = Field(None, description="A built-in space name (mlp, gbm) or params "
                                                "{name: {type: float|int|categorical, ...}}; default: the family's.")
-    strategy: str = Field("tpe", description="random, tpe, gp, cmaes, nsga2, evolution or rl.")
+    strategy: str = Field("auto", description="auto (the default: our GP Bayesian optimization, TPE for several objectives), random, tpe, gp, cmaes, nsga2, evolution or rl.")
     trials: int = Field(20, ge=1, description="Finished trials the study holds at the end.")
     objectives: list[str] | None = Field(None, min_length=1, description="Validation metrics and costs "
                                          "(n_params, flops, latency_ms); default: accuracy (classifiers) or rmse.")
@@ -217,7 +246,7 @@ class AutoMLSpec(_Strict):
         default_factory=lambda: ["linear", "gbm", "mlp"], min_length=1,
         description="Model families to tune, cheapest first: linear, gbm, mlp.")
     time_budget: float = Field(60.0, gt=0, description="Seconds shared by the families' searches.")
-    strategy: str = Field("tpe", description="Search strategy of every family: random, tpe, gp, cmaes, evolution "
+    strategy: str = Field("auto", description="Search strategy of every family: auto, random, tpe, gp, cmaes, evolution "
                           "or rl.")
     metric: str | None = Field(None, description="Validation metric to rank and ensemble by; default: log_loss "
                                "(classifiers) or rmse.")
@@ -493,6 +522,22 @@ class PipelineSpec(_Strict):
     export: ExportSpec = Field(default_factory=ExportSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _image_default_models(cls, v: Any) -> Any:
+        """On a built-in image data set, the default model is one ``cnn`` (not mlp and gbm)."""
+        if not isinstance(v, dict) or not isinstance(v.get("data"), dict):
+            return v
+        source = v["data"].get("source")
+        if not isinstance(source, str) or not is_image_source(source):
+            return v
+        train = v.get("train")
+        if train is None:
+            return {**v, "train": {"models": {"cnn": {"family": "cnn"}}}}
+        if isinstance(train, dict) and "models" not in train:
+            return {**v, "train": {**train, "models": {"cnn": {"family": "cnn"}}}}
+        return v
+
     @model_validator(mode="after")
     def _select_metric(self) -> PipelineSpec:
         return self
@@ -601,6 +646,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         raise _format_errors(exc, model=PipelineSpec, where=where) from None
+    _check_data_kind(spec, where)
     if spec.features is not None:
         _check_features(spec.features, where)
     if spec.search is not None:
@@ -628,6 +674,45 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         except ValidationError as exc:
             raise _format_errors(exc, model=cls, prefix=("train", "models", name), where=where) from None
     return spec
+
+
+def _check_data_kind(spec: PipelineSpec, where: str) -> None:
+    """Image data takes image families and image options only; tabular data the tabular ones."""
+    source = spec.data.source
+    if not is_image_source(source):
+        for name, entry in spec.train.models.items():
+            if entry.family in IMAGE_FAMILIES:
+                raise SpecError(f"Invalid {where}: train.models.{name}.family: {entry.family!r} trains on images, but "
+                                f"data.source {source!r} is tabular; use a built-in image data set "
+                                f"({', '.join(IMAGE_SOURCES)}) or a tabular family (mlp, gbm, lattice).")
+        return
+    tabular_only = [("features", spec.features), ("search", spec.search), ("automl", spec.automl),
+                     ("explain", spec.explain), ("evaluate.gate", spec.evaluate.gate)]
+    for section, value in tabular_only:
+        if value is not None:
+            raise SpecError(f"Invalid {where}: {section}: is tabular-only for now, and data.source {source!r} is an "
+                            f"image data set; remove {section} from the spec.")
+    data = spec.data
+    for option in ("target", "sensitive", "task"):
+        value = getattr(data, option)
+        if value is not None and not (option == "task" and value == "multiclass"):
+            raise SpecError(f"Invalid {where}: data.{option}: is a tabular option (got {json.dumps(value)}); image data "
+                            f"set {source!r} has its labels as target and no columns; remove data.{option}.")
+    for option in ("drop", "categorical"):
+        if getattr(data, option):
+            raise SpecError(f"Invalid {where}: data.{option}: names columns, but image data set {source!r} has none; "
+                            f"remove data.{option}.")
+    slices = spec.evaluate.slices
+    if slices is not None and any(s != "class" for s in slices):
+        bad = next(s for s in slices if s != "class")
+        raise SpecError(f"Invalid {where}: evaluate.slices: {json.dumps(bad, default=str)} names a column, but image "
+                        f"data set {source!r} has none; images are sliced by true class: give [class] (the default) "
+                        "or [] for none.")
+    for name, entry in spec.train.models.items():
+        if entry.family not in IMAGE_FAMILIES:
+            raise SpecError(f"Invalid {where}: train.models.{name}.family: {entry.family!r} trains on tabular rows, "
+                            f"but data.source {source!r} is an image data set; use family: cnn (with arch: mlp for "
+                            "a dense network on the pixels).")
 
 
 def _check_compress(spec: PipelineSpec, where: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import DataError, ModelFormatError, SpecError
-from modelyard.pipeline._spec import FEATURE_EXTRACTION, PipelineSpec
+from modelyard.pipeline._spec import FEATURE_EXTRACTION, PipelineSpec, is_image_source
 from modelyard.pipeline._step import ExternalInput, Step, StepContext
 
 __all__ = ["DataStep", "FeaturesStep", "SearchStep", "AutoMLStep", "TrainStep", "EvaluateStep", "ExplainStep",
@@ -112,6 +112,13 @@ class DataStep(Step):
                     raise DataError(f"data.sensitive names unknown columns {missing}; "
                                     f"columns are {list(map(str, data.train.frame.columns))}.")
                 data.schema = dataclasses.replace(data.schema, sensitive=tuple(cfg["sensitive"]))
+        sub = cfg.get("subsample") or {}
+        for name in _SPLITS:  # data.subsample: a seeded sample of each split, stratified for classifiers
+            if sub.get(name):
+                part = data.splits[name]
+                keep = mydata.subsample_indices(part.y, sub[name], seed=sub["seed"],
+                                                stratify=data.schema.task != "regression")
+                setattr(data, name, mydata.TabularSplit(part.frame.iloc[keep].reset_index(drop=True), data.schema))
         bar(completed=1, total=1)
         for name in _SPLITS:
             frame = data.splits[name].frame.reset_index(drop=True)
@@ -263,7 +270,7 @@ def _fit_gbm(train: Any, valid: Any, config: Any, ctx: StepContext) -> tuple[Any
 
 
 #: Families trained in torch and stored as safetensors (the others are stored as ONNX).
-TORCH_FAMILIES = ("mlp", "lattice")
+TORCH_FAMILIES = ("mlp", "lattice", "cnn")
 
 _TRAINERS = {
     "mlp": functools.partial(_fit_torch, "mlp"),
@@ -492,17 +499,38 @@ class EvaluateStep(Step):
         return [ExternalInput(f"baseline/{path.name}", str(path), sha256_file(path), path.stat().st_size)]
 
     def code_version(self) -> str:
-        """With a gate, the gate's and the fairness module's sources are part of the version."""
-        base = super().code_version()
-        if not self.config.get("gate"):
-            return base
+        """The fairness module's source (fairness.json) and, with a gate, the gate's are part of the version."""
         import hashlib
         import inspect
 
         from modelyard.evaluate import _fairness, _gate
 
+        base = super().code_version()
+        fair = hashlib.sha256(inspect.getsource(_fairness).encode()).hexdigest()[:12]
+        if not self.config.get("gate"):
+            return f"{base}/fairness:{fair}"
         digest = hashlib.sha256((inspect.getsource(_gate) + inspect.getsource(_fairness)).encode()).hexdigest()
         return f"{base}/gate:{digest[:12]}"
+
+    def _fairness(self, ctx: StepContext, chosen: str, test: Any, schema: Any, options: dict[str, Any]
+                  ) -> dict[str, Any] | None:
+        """Fairness indicators of the chosen model over the sensitive columns (and their cross) on test.
+
+        Written to ``fairness.json`` and returned; ``None`` (nothing written) without sensitive
+        columns, for a task other than binary, or with ``fairness: false``.
+        """
+        from modelyard.evaluate import fairness_indicators
+        from modelyard.models import load_predictor
+
+        sensitive = [str(c) for c in schema.sensitive]
+        if not self.config.get("fairness", True) or not sensitive or schema.task != "binary":
+            return None
+        groups: list[Any] = [*sensitive, *([tuple(sensitive)] if len(sensitive) > 1 else [])]
+        report = fairness_indicators(load_predictor(ctx.input(f"model:{chosen}")), test.frame, sensitive=groups,
+                                     **options)
+        doc = _jsonable({"model": chosen, "split": "test", **report.to_dict()})
+        ctx.write_json("fairness.json", doc)
+        return doc
 
     def _gate(self, ctx: StepContext, chosen: str, test: Any, slices: list[Any]) -> dict[str, Any]:
         """Judge the chosen model on the test split; write blessing.json; return its verdict."""
@@ -537,13 +565,16 @@ class EvaluateStep(Step):
             slices = list(schema.sensitive)
         metrics = self.config["metrics"]
         models = [role.removeprefix("model:") for role in self.inputs if role.startswith("model:")]
+        # Test metrics get Poisson-bootstrap intervals (seeded: the same run gives the same intervals).
+        intervals = {"bootstrap": int(self.config.get("bootstrap", 0)),
+                     "confidence": float(self.config.get("confidence", 0.95)), "seed": 0}
         bar = ctx.progress("evaluating", len(models))
         out: dict[str, Any] = {}
         for name in models:
             predictor = load_predictor(ctx.input(f"model:{name}"))
             fit = ctx.read_json(f"fit:{name}")
             v = evaluate_predictor(predictor, valid.frame, slices=[], metrics=metrics)
-            t = evaluate_predictor(predictor, test.frame, slices=slices, metrics=metrics)
+            t = evaluate_predictor(predictor, test.frame, slices=slices, metrics=metrics, **intervals)
             entry: dict[str, Any] = {"family": fit["family"], "fit_seconds": fit["fit_seconds"],
                                      "valid": v.to_dict(), "test": t.to_dict()}
             if schema.task == "binary":
@@ -568,11 +599,13 @@ class EvaluateStep(Step):
             raise DataError(f"Every model's validation {metric} is NaN; choose another train.select.metric.")
         chosen = (min if mode == "min" else max)(finite, key=lambda k: (finite[k], -list(finite).index(k)))
         verdict = self._gate(ctx, chosen, test, slices) if self.config.get("gate") else None
+        fairness = self._fairness(ctx, chosen, test, schema, intervals)
         ctx.write_json("evaluation.json", _jsonable({
             "models": out,
             "chosen": {"model": chosen, "metric": metric, "mode": mode, "split": "valid", "value": finite[chosen],
                        "family": out[chosen]["family"]},
             **({"gate": verdict} if verdict is not None else {}),
+            **({"fairness": fairness} if fairness is not None else {}),
         }))
         ctx.record(chosen=chosen, **{f"test_{metric}_{n}": out[n]["test"]["overall"].get(metric) for n in out})
         if verdict is not None:
@@ -813,6 +846,10 @@ class ReportStep(Step):
             summary["explain"] = ctx.read_json("explain")
         if "compress" in ctx.input_paths:
             summary["compress"] = ctx.read_json("compress")
+        # The evaluate step's fairness indicators (its fairness.json) and gate verdict (from blessing.json).
+        for part in ("fairness", "gate"):
+            if evaluation.get(part) is not None:
+                summary[part] = evaluation[part]
         ctx.write_json("metrics.json", summary)
         if self.config["format"] == "html":
             ctx.write_text("report.html", render_html(summary))
@@ -828,16 +865,26 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     With a ``features:`` section, a :class:`FeaturesStep` follows the data step and the
     search, automl, train, evaluate and export steps read its splits and schema instead
     of the data step's; the export step also reads its ``transform.json`` (extraction).
+
+    On a built-in image data set the data, train, evaluate, compress and export steps are
+    those of :mod:`modelyard.pipeline._image` (same names and roles, splits as ``.npz``).
     """
+    from modelyard.pipeline import _image
+
     data_cfg = dict(resolved["data"])
-    steps: list[Step] = [DataStep("data", data_cfg)]
+    image = is_image_source(data_cfg["source"])
+    ext = "npz" if image else "parquet"
+    data_step, train_step, evaluate_step, compress_step, export_step = (
+        (_image.ImageDataStep, _image.ImageTrainStep, _image.ImageEvaluateStep, _image.ImageCompressStep,
+         _image.ImageExportStep) if image else (DataStep, TrainStep, EvaluateStep, CompressStep, ExportStep))
+    steps: list[Step] = [data_step("data", data_cfg)]
     source = "data"
     features = resolved.get("features")
     if features is not None:
         steps.append(FeaturesStep("features", dict(features),
                                   {**{name: f"data:{name}.parquet" for name in _SPLITS}, "schema": "data:schema.json"}))
         source = "features"
-    data_in = {"train": f"{source}:train.parquet", "valid": f"{source}:valid.parquet",
+    data_in = {"train": f"{source}:train.{ext}", "valid": f"{source}:valid.{ext}",
                "schema": f"{source}:schema.json"}
     model_inputs: dict[str, str] = {}
     search = resolved.get("search")
@@ -854,14 +901,14 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
         model_inputs["model:automl"] = "automl:model.onnx"
         model_inputs["fit:automl"] = "automl:fit.json"
     for name, model in resolved["train"]["models"].items():
-        steps.append(TrainStep(f"train.{name}", dict(model), dict(data_in)))
+        steps.append(train_step(f"train.{name}", dict(model), dict(data_in)))
         model_file = "model.safetensors" if model["family"] in TORCH_FAMILIES else "model.onnx"
         model_inputs[f"model:{name}"] = f"train.{name}:{model_file}"
         model_inputs[f"fit:{name}"] = f"train.{name}:fit.json"
     eval_cfg = {**resolved["evaluate"], "select": resolved["train"]["select"]}
-    steps.append(EvaluateStep("evaluate", eval_cfg, {"valid": f"{source}:valid.parquet",
-                                                     "test": f"{source}:test.parquet",
-                                                     "schema": f"{source}:schema.json", **model_inputs}))
+    steps.append(evaluate_step("evaluate", eval_cfg, {"valid": f"{source}:valid.{ext}",
+                                                      "test": f"{source}:test.{ext}",
+                                                      "schema": f"{source}:schema.json", **model_inputs}))
     explain_cfg = resolved.get("explain")
     if explain_cfg is not None:
         steps.append(ExplainStep("explain", dict(explain_cfg), {
@@ -872,15 +919,15 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     if compress_cfg is not None:
         compress_cfg = {**compress_cfg, "slices": resolved["evaluate"]["slices"],
                         "metrics": resolved["evaluate"]["metrics"]}
-        steps.append(CompressStep("compress", compress_cfg, {
+        steps.append(compress_step("compress", compress_cfg, {
             "evaluation": "evaluate:evaluation.json", "schema": f"{source}:schema.json",
-            **{name: f"{source}:{name}.parquet" for name in _SPLITS},
+            **{name: f"{source}:{name}.{ext}" for name in _SPLITS},
             **{k: v for k, v in model_inputs.items() if k.startswith("model:")}}))
-    export_inputs = {"evaluation": "evaluate:evaluation.json", "test": f"{source}:test.parquet",
+    export_inputs = {"evaluation": "evaluate:evaluation.json", "test": f"{source}:test.{ext}",
                      "schema": f"{source}:schema.json", **model_inputs}
     if features is not None and features["method"] in FEATURE_EXTRACTION:
         export_inputs["transform"] = "features:transform.json"
-    steps.append(ExportStep("export", dict(resolved["export"]), export_inputs))
+    steps.append(export_step("export", dict(resolved["export"]), export_inputs))
     report_inputs = {"evaluation": "evaluate:evaluation.json", "export": "export:export.json",
                      "schema": "data:schema.json", "rows": "data:rows.json"}
     if features is not None:

@@ -257,7 +257,64 @@ def render_model_card(summary: Mapping[str, Any]) -> str:
         If ``summary`` is not a dict or a part has the wrong type (the message names
         its path).
     """
-    return _environment().get_template("model_card.md.j2").render(**_card_context(summary))
+    card = _environment().get_template("model_card.md.j2").render(**_card_context(summary))
+    analysis = _analysis_markdown(summary)
+    if analysis:  # fairness and gate results close the quantitative analyses
+        marker = "## Ethical considerations"
+        at = card.find(marker)
+        card = card[:at] + analysis + card[at:] if at >= 0 else card + "\n" + analysis
+    return card
+
+
+#: The fairness and gate summary of the card; every {{ }} goes through md_escape like the template's.
+_ANALYSIS = """\
+{% if fairness %}
+### Fairness indicators ({{ fairness.split }} split, threshold {{ fairness.threshold }})
+
+Rates of {{ fairness.model or "the chosen model" }} per group of each sensitive feature{% if fairness.confidence %}, with {{ fairness.confidence | level }} bootstrap intervals in the HTML report{% endif %}. Differences are max − min over groups (0 is parity), ratios min / max (1 is parity).
+
+| Sensitive feature |{% for c in fairness.columns %} {{ c.label }} |{% endfor %}
+
+|---|{% for c in fairness.columns %}---:|{% endfor %}
+
+{% for f in fairness.features %}
+| {{ f.name }} |{% for c in fairness.columns %} {{ f.disparities.get(c.name) | metric }} |{% endfor %}
+
+{% endfor %}
+
+{% for f in fairness.features %}
+{% set small = f.rows | selectattr("small") | list %}
+{% if small %}
+- Small groups of {{ f.name }} (noisy rates): {% for r in small %}{{ r.group }} ({{ r.count | thousands }}){% if not loop.last %}, {% endif %}{% endfor %}
+
+{% endif %}
+{% endfor %}
+
+{% endif %}
+{% if gate %}
+### Validation gate
+
+**{{ "Blessed" if gate.blessed else "Not blessed" }}:** {{ gate.counts.passed | thousands }} of {{ gate.counts.checks | thousands }} checks passed, {{ gate.counts.failed | thousands }} failed, {{ gate.counts.skipped | thousands }} skipped (test split).
+
+{% for c in gate.checks if c.status == "fail" %}
+- Failed: {{ c.reason }}
+{% endfor %}
+
+{% endif %}
+"""
+
+
+def _analysis_markdown(summary: Mapping[str, Any]) -> str:
+    """The card's fairness and gate subsections, or "" when the run has neither."""
+    from modelyard.report._html import _fairness_section, _gate_section, fmt_level
+
+    fairness = _fairness_section(summary.get("fairness"), plots=False)
+    gate = _gate_section(summary.get("gate"))
+    if fairness is None and gate is None:
+        return ""
+    env = _environment()
+    env.filters.setdefault("level", fmt_level)
+    return env.from_string(_ANALYSIS).render(fairness=fairness, gate=gate)
 
 
 def write_model_card(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -43,6 +43,9 @@ section out or shows "—"::
         "variance_kept": float, "target_size": int | None,
         "serving": {"inputs": "raw" | "components", "transform": {"method", "composed", "path"} | None},
       },
+      "fairness": {"model", "split", **FairnessReport.to_dict()},    # optional: evaluate/fairness.json
+      "gate": {"blessed": bool, "summary": str, "counts": {...},     # optional: the verdict and checks
+               "checks": [Check.to_dict(), ...]},                     # of evaluate/blessing.json
       "steps": [{"name": str, "status": "ran" | "cached", "seconds": float}, ...],
       "card": {"intended_use": str, "out_of_scope": str,              # model card only:
                "ethical_considerations": str, "caveats": str},        # owner-written text
@@ -50,7 +53,9 @@ section out or shows "—"::
 
 ``SliceReport.to_dict()`` is ``{"task", "n_rows", "metrics", "slices", "overall",
 "by_slice"}`` (see :meth:`modelyard.evaluate.SliceReport.to_dict`); the report reads
-``overall`` and ``by_slice`` and takes the metric order from ``metrics``. A value that
+``overall`` and ``by_slice`` and takes the metric order from ``metrics``; with a
+bootstrap it also shows ``intervals`` (value [low, high]) and flags the groups in
+``small``. A value that
 is present but of the wrong type raises ``TypeError`` naming its path, e.g.
 ``summary['models']['mlp']['test']['by_slice']``.
 """
@@ -151,22 +156,51 @@ def _split_report(d: Any, path: str) -> dict[str, Any] | None:
     if "count" in metrics:  # count first, as SliceReport orders it
         metrics.remove("count")
         metrics.insert(0, "count")
+    # Bootstrap intervals (SliceReport.to_dict()["intervals"]) and the report's own small-group flags.
+    ci = d.get("intervals") if isinstance(d.get("intervals"), Mapping) else {}
+    ci_slices = ci.get("by_slice") if isinstance(ci.get("by_slice"), Mapping) else {}
+    small = d.get("small") if isinstance(d.get("small"), Mapping) else {}
     slices = []
-    for name, table in by_slice.items():
+    # The spec's slice order (SliceReport.to_dict()["slices"]), which a JSON file with sorted keys loses.
+    spec_order = [str(s.get("name")) for s in d.get("slices") or [] if isinstance(s, Mapping)]
+    ordered = sorted(by_slice, key=lambda n: spec_order.index(n) if n in spec_order else len(spec_order))
+    for name in ordered:
+        table = by_slice[name]
         if not isinstance(table, Mapping):
             raise TypeError(f"{path}['by_slice'][{name!r}] must be a dict of groups; got {type(table).__name__}.")
         groups = []
+        ci_table = ci_slices.get(name) if isinstance(ci_slices.get(name), Mapping) else {}
+        flagged = {str(g) for g in small.get(name) or []} if isinstance(small.get(name), list) else set()
         for value, values in table.items():
             if not isinstance(values, Mapping):
                 raise TypeError(f"{path}['by_slice'][{name!r}][{value!r}] must be a dict of metric values.")
-            groups.append({"value": str(value), "values": {m: _num(values.get(m)) for m in metrics}})
+            groups.append({"value": str(value), "values": {m: _num(values.get(m)) for m in metrics},
+                           "intervals": _pairs(ci_table.get(value), metrics), "flagged": str(value) in flagged})
         slices.append({"name": str(name), "groups": groups})
     return {
         "metrics": metrics,
         "overall": {m: _num(overall.get(m)) for m in metrics},
         "n_rows": _num(d.get("n_rows")) or _num(overall.get("count")),
         "slices": slices,
+        "intervals": _pairs(ci.get("overall"), metrics),
+        "confidence": _num(ci.get("confidence")),
+        "replicates": _num(ci.get("replicates")),
+        "min_count": _num(d.get("min_count")),
     }
+
+
+def _pairs(d: Any, names: list[str]) -> dict[str, tuple[float, float]]:
+    """``{name: (low, high)}`` for the names whose interval is two finite numbers; others left out."""
+    out: dict[str, tuple[float, float]] = {}
+    if not isinstance(d, Mapping):
+        return out
+    for m in names:
+        v = d.get(m)
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            lo, hi = _num(v[0]), _num(v[1])
+            if lo is not None and hi is not None:
+                out[m] = (lo, hi)
+    return out
 
 
 def _created(value: Any) -> str:
@@ -227,6 +261,8 @@ def normalize_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
             "parity_rows": _num(onnx_d.get("parity_rows")),
             "inputs": _text(onnx_d.get("inputs")),
         }
+        if onnx["inputs"] == "image":  # an image model takes one `image` tensor: no raw columns or components
+            onnx["inputs"] = ""
         transform_d = _get(onnx_d, "transform", dict, f"{cs}['onnx']", None)
         onnx.update(composed=bool(transform_d and transform_d.get("composed")),
                     transform_method=_text(transform_d.get("method")) if transform_d else "",
@@ -351,6 +387,11 @@ def fmt_share(value: float | None) -> str:
     return f"{value * 100:.1f}%"
 
 
+def fmt_level(value: float | None) -> str:
+    """A confidence level as a percentage without trailing zeros: ``95%``, ``99.5%``."""
+    return "—" if value is None else f"{value * 100:g}%"
+
+
 def fmt_sci(value: float | None) -> str:
     if value is None:
         return "—"
@@ -437,14 +478,16 @@ def _slice_sections(view: dict[str, Any], *, plots: bool) -> list[dict[str, Any]
                     {
                         "value": g["value"],
                         "values": g["values"],
+                        "intervals": g.get("intervals") or {},
                         "share": (n / total) if (n is not None and total) else None,
-                        "small": n is not None and n < SMALL_GROUP,
+                        "small": (n is not None and n < SMALL_GROUP) or bool(g.get("flagged")),
                         "worst": {metric for metric, groups in worst.items() if g["value"] in groups},
                     }
                 )
             tables.append(
                 {"model": m["name"], "chosen": m["chosen"], "split": split, "metrics": metrics, "rows": rows,
-                 "gaps": gaps, "overall": rep["overall"], "has_small": any(r["small"] for r in rows)}
+                 "gaps": gaps, "overall": rep["overall"], "has_small": any(r["small"] for r in rows),
+                 "overall_intervals": rep.get("intervals") or {}, "confidence": rep.get("confidence")}
             )
         chart = None
         if plots and plot_metric is not None and tables:
@@ -472,6 +515,146 @@ def _slice_sections(view: dict[str, Any], *, plots: bool) -> list[dict[str, Any]
              "plot_metric": metric_label(plot_metric) if plot_metric else None}
         )
     return sections
+
+
+def _interval_charts(view: dict[str, Any], *, plots: bool) -> dict[str, Any] | None:
+    """The chosen model's test metrics on every group of every slice, one chart per metric, with intervals.
+
+    ``None`` unless the chosen model's test report has bootstrap intervals (the evaluate
+    step's ``bootstrap``) and at least one slice.
+    """
+    from modelyard.report import _plots
+
+    model = next((m for m in view["models"] if m["chosen"]), None)
+    rep = model["test"] if model else None
+    has_ci = rep is not None and (rep["intervals"] or any(g["intervals"] for s in rep["slices"] for g in s["groups"]))
+    if not has_ci or not rep["slices"]:
+        return None
+    labels, counts, small, breaks, cells = [], [], [], [], []
+    for sl in rep["slices"]:
+        breaks.append(len(labels))
+        for g in sl["groups"]:
+            n = g["values"].get("count")
+            labels.append(f"{sl['name']} = {g['value']}")
+            counts.append(int(n) if n is not None else None)
+            small.append((n is not None and n < SMALL_GROUP) or bool(g.get("flagged")))
+            cells.append(g)
+    charts = []
+    for metric in rep["metrics"]:
+        if metric == "count":
+            continue
+        src = None
+        if plots:
+            ci = [g["intervals"].get(metric) for g in cells]
+            src = _plots.slice_interval_chart(
+                labels=labels, counts=counts, values=[g["values"].get(metric) for g in cells],
+                lows=[c[0] if c else None for c in ci], highs=[c[1] if c else None for c in ci], small=small,
+                breaks=breaks, overall=rep["overall"].get(metric), overall_interval=rep["intervals"].get(metric),
+                metric_label=metric_label(metric), bounded=metric in ("accuracy", "auc"),
+                confidence=rep["confidence"])
+        charts.append({"metric": metric, "label": metric_label(metric), "src": src})
+    return {"model": model["name"], "confidence": rep["confidence"], "replicates": rep["replicates"],
+            "charts": charts}
+
+
+#: The disparities the fairness table shows, in order (every one is in fairness.json).
+FAIRNESS_DISPARITIES = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
+                        "equal_opportunity_difference")
+#: Rates drawn per group in the fairness charts, with their labels.
+FAIRNESS_RATES = {"selection_rate": "Selection rate", "tpr": "TPR", "fpr": "FPR"}
+
+
+def _fairness_section(fairness: Any, *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``fairness`` part (``FairnessReport.to_dict()`` plus ``model``, ``split``).
+
+    At the report's first decision threshold: per sensitive feature, the rates per group
+    with their intervals (table and bar chart with error bars) and the disparities.
+    """
+    if not isinstance(fairness, Mapping) or not isinstance(fairness.get("groups"), Mapping):
+        return None
+    from modelyard.evaluate import DISPARITIES
+    from modelyard.report import _plots
+
+    thresholds = [t for t in (_num(t) for t in fairness.get("thresholds") or []) if t is not None]
+    t = thresholds[0] if thresholds else 0.5
+    key = f"{t:g}"
+    indicators = [str(i) for i in fairness.get("indicators") or FAIRNESS_RATES]
+    intervals = fairness.get("intervals") if isinstance(fairness.get("intervals"), Mapping) else {}
+    small = fairness.get("small") if isinstance(fairness.get("small"), Mapping) else {}
+    overall_d = fairness.get("overall") if isinstance(fairness.get("overall"), Mapping) else {}
+    overall_t = overall_d.get(key) if isinstance(overall_d.get(key), Mapping) else {}
+    overall = {m: _num(overall_t.get(m)) for m in indicators}
+    disparities = fairness.get("disparities") if isinstance(fairness.get("disparities"), Mapping) else {}
+    features = []
+    order = [str(f) for f in fairness.get("features") or [] if str(f) in fairness["groups"]]
+    order += [str(f) for f in fairness["groups"] if str(f) not in order]  # the report's order, then any others
+    for index, feature in enumerate(order):
+        by_t = fairness["groups"][feature]
+        table = by_t.get(key) if isinstance(by_t, Mapping) else None
+        if not isinstance(table, Mapping):
+            continue
+        ci_f = intervals.get(feature) if isinstance(intervals.get(feature), Mapping) else {}
+        ci_t = ci_f.get(key) if isinstance(ci_f.get(key), Mapping) else {}
+        flagged = {str(g) for g in small.get(feature) or []} if isinstance(small.get(feature), list) else set()
+        rows = []
+        for group, values in table.items():
+            if not isinstance(values, Mapping):
+                continue
+            n = _num(values.get("count"))
+            rows.append({"group": str(group), "count": n,
+                         "small": str(group) in flagged or (n is not None and n < SMALL_GROUP),
+                         "values": {m: _num(values.get(m)) for m in indicators},
+                         "intervals": _pairs(ci_t.get(group), indicators)})
+        disp_f = disparities.get(feature) if isinstance(disparities.get(feature), Mapping) else {}
+        disp_t = disp_f.get(key) if isinstance(disp_f.get(key), Mapping) else {}
+        chart = None
+        if plots and rows:
+            shown = [m for m in FAIRNESS_RATES if m in indicators]
+            chart = _plots.fairness_rates_chart(
+                groups=[r["group"] for r in rows],
+                counts=[int(r["count"]) if r["count"] is not None else None for r in rows],
+                rates={m: [r["values"][m] for r in rows] for m in shown},
+                intervals={m: ([r["intervals"][m][0] if m in r["intervals"] else None for r in rows],
+                               [r["intervals"][m][1] if m in r["intervals"] else None for r in rows])
+                           for m in shown} if ci_t else None,
+                overall={m: overall.get(m) for m in shown}, small=[r["small"] for r in rows],
+                labels=FAIRNESS_RATES)
+        features.append({"id": f"fairness-{index}", "name": str(feature), "rows": rows, "chart": chart,
+                          "disparities": {d: _num(disp_t.get(d)) for d in DISPARITIES}})
+    if not features:
+        return None
+    return {
+        "model": _text(fairness.get("model")), "split": _text(fairness.get("split")) or "test", "threshold": t,
+        "thresholds": thresholds, "indicators": indicators, "overall": overall,
+        "confidence": _num(fairness.get("confidence")), "replicates": _num(fairness.get("replicates")),
+        "min_count": _num(fairness.get("min_count")), "features": features,
+        "columns": [{"name": d, "label": d.replace("_", " "), "definition": DISPARITIES.get(d, "")}
+                    for d in FAIRNESS_DISPARITIES],
+    }
+
+
+def _gate_section(gate: Any) -> dict[str, Any] | None:
+    """The optional ``gate`` part (the verdict and checks of ``blessing.json``): failed checks first."""
+    if not isinstance(gate, Mapping) or "blessed" not in gate:
+        return None
+    checks = []
+    for c in gate.get("checks") or []:
+        if not isinstance(c, Mapping):
+            continue
+        checks.append({"kind": _text(c.get("kind")), "metric": _text(c.get("metric")), "slice": _text(c.get("slice")),
+                       "group": _text(c.get("group")), "value": _num(c.get("value")),
+                       "baseline": _num(c.get("baseline")), "delta": _num(c.get("delta")),
+                       "threshold": _text(c.get("threshold")), "status": _text(c.get("status")),
+                       "reason": _text(c.get("reason")), "count": _num(c.get("count"))})
+    order = {"fail": 0, "skipped": 1}
+    checks.sort(key=lambda c: order.get(c["status"], 2))  # stable: the gate's order within a status
+    counts = gate.get("counts") if isinstance(gate.get("counts"), Mapping) else {}
+    summary = _text(gate.get("summary"))
+    for prefix in ("NOT BLESSED: ", "BLESSED: "):  # the banner states the verdict already
+        summary = summary.removeprefix(prefix)
+    return {"blessed": gate.get("blessed") is True, "summary": summary, "checks": checks,
+            "counts": {k: _num(counts.get(k)) for k in ("checks", "passed", "failed", "skipped")},
+            "has_baseline": any(c["baseline"] is not None for c in checks)}
 
 
 def _search_section(search: Any, *, plots: bool) -> dict[str, Any] | None:
@@ -769,6 +952,9 @@ def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any
         "features": _features_section(summary.get("features"), plots=plots),
         "explain": _explain_section(summary.get("explain"), plots=plots),
         "compress": _compress_section(summary.get("compress"), plots=plots),
+        "intervals": _interval_charts(view, plots=plots),
+        "fairness": _fairness_section(summary.get("fairness"), plots=plots),
+        "gate": _gate_section(summary.get("gate")),
         "title": view["pipeline"] or "modelyard run",
         "headline_metrics": headline_metrics,
         "best": {metric: _best(models, metric) for metric in headline_metrics},
@@ -805,7 +991,7 @@ def _environment() -> Any:
         )
         env.filters.update(
             metric=fmt_metric, seconds=fmt_seconds, bytes=fmt_bytes, sci=fmt_sci, thousands=fmt_int, label=metric_label,
-            share=fmt_share,
+            share=fmt_share, level=fmt_level,
         )
         _ENV = env
     return _ENV

@@ -17,7 +17,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["slice_metric_chart", "roc_chart", "search_history_chart", "pareto_chart", "importance_chart", "PALETTE"]
+__all__ = ["slice_metric_chart", "roc_chart", "search_history_chart", "pareto_chart", "importance_chart",
+           "slice_interval_chart", "fairness_rates_chart", "PALETTE"]
 
 #: Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -283,4 +284,226 @@ def importance_chart(importances: Mapping[str, float]) -> str:
             ax.barh([_shorten(k, 30) for k, _ in items], [v for _, v in items], color=PALETTE[2])
         ax.set_xlabel("Importance (share of the objective's variance)")
         ax.grid(axis="y", visible=False)
+        return _to_data_uri(fig)
+
+
+def _keep_largest(n_rows: int, counts: Sequence[int | None]) -> tuple[list[int], str]:
+    """Indices of the rows to draw (all, or the MAX_GROUPS largest in their order) and a note."""
+    if n_rows <= MAX_GROUPS:
+        return list(range(n_rows)), ""
+    ranked = sorted(range(n_rows), key=lambda i: -(counts[i] or 0))[:MAX_GROUPS]
+    return sorted(ranked), f"{MAX_GROUPS} largest of {n_rows} groups shown"
+
+
+def _interval_error(values: Sequence[float], lows: Sequence[float | None], highs: Sequence[float | None]
+                    ) -> list[list[float]]:
+    """matplotlib's ``xerr``: distances below and above each value (0 where no interval)."""
+    below, above = [], []
+    for v, lo, hi in zip(values, lows, highs):
+        ok = _finite(v) and _finite(lo) and _finite(hi)
+        below.append(max(float(v) - float(lo), 0.0) if ok else 0.0)  # a percentile interval may sit off the point
+        above.append(max(float(hi) - float(v), 0.0) if ok else 0.0)
+    return [below, above]
+
+
+def slice_interval_chart(
+    *,
+    labels: Sequence[str],
+    counts: Sequence[int | None],
+    values: Sequence[float | None],
+    lows: Sequence[float | None],
+    highs: Sequence[float | None],
+    small: Sequence[bool],
+    breaks: Sequence[int] = (),
+    overall: float | None = None,
+    overall_interval: tuple[float | None, float | None] | None = None,
+    metric_label: str,
+    bounded: bool,
+    confidence: float | None = None,
+) -> str:
+    """One metric of one model on every group of every slice, each with its interval.
+
+    A dot per group with a horizontal error bar from the bootstrap interval's low to its
+    high end; the overall value is a dashed reference line and its interval a shaded band.
+    Small groups (``small``) are drawn hollow with a muted, italic label.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        One label per row (``"sex = F"``), in report order.
+    counts : sequence of int or None
+        Rows per group, shown beside the label (``n=``).
+    values, lows, highs : sequences of float or None
+        The metric and its interval per group; ``None`` draws "n/a" (value) or no bar (interval).
+    small : sequence of bool
+        Groups flagged as too small to trust.
+    breaks : sequence of int
+        Row indices where a new slice starts: a thin line is drawn above them.
+    overall : float or None
+        The overall value (reference line).
+    overall_interval : (low, high) or None
+        Its interval (shaded band).
+    metric_label : str
+        Axis label.
+    bounded : bool
+        The metric lies in ``[0, 1]``: the axis is clipped to it.
+    confidence : float or None
+        The intervals' level, named in the axis label.
+
+    Returns
+    -------
+    str
+        A ``data:image/png;base64,...`` URI.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    counts = list(counts)
+    keep, note = _keep_largest(len(labels), counts)
+    breaks = {keep.index(b) for b in breaks if b in keep and keep.index(b) > 0}
+    labels = [labels[i] for i in keep]
+    counts = [counts[i] for i in keep]
+    vals = [float(values[i]) if _finite(values[i]) else math.nan for i in keep]
+    lo = [lows[i] for i in keep]
+    hi = [highs[i] for i in keep]
+    flags = [bool(small[i]) for i in keep]
+
+    with matplotlib.rc_context(_style()):
+        fig = Figure(figsize=(8.6, max(0.9 + 0.27 * len(labels), 1.6)), layout="constrained")
+        ax = fig.add_subplot()
+        ys = list(range(len(labels)))
+        if overall_interval is not None and _finite(overall_interval[0]) and _finite(overall_interval[1]):
+            ax.axvspan(float(overall_interval[0]), float(overall_interval[1]), color=PALETTE[4], alpha=0.15, lw=0,
+                       zorder=1)
+        if _finite(overall):
+            ax.axvline(float(overall), color=_INK, linestyle=(0, (4, 3)), linewidth=1.1, zorder=2)
+        err = _interval_error(vals, lo, hi)
+        drawn = [i for i, v in enumerate(vals) if not math.isnan(v)]
+        for hollow in (False, True):
+            idx = [i for i in drawn if flags[i] == hollow]
+            if not idx:
+                continue
+            ax.errorbar([vals[i] for i in idx], [ys[i] for i in idx],
+                        xerr=[[err[0][i] for i in idx], [err[1][i] for i in idx]], fmt="o", markersize=5,
+                        color=PALETTE[0], ecolor=PALETTE[0], elinewidth=1.4, capsize=3, zorder=3,
+                        markerfacecolor="white" if hollow else PALETTE[0])
+        finite = [v for v in vals if not math.isnan(v)]
+        finite += [float(x) for x in lo + hi if _finite(x)]
+        if _finite(overall):
+            finite.append(float(overall))
+        left, right = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        pad = 0.06 * ((right - left) or 1.0)
+        left, right = left - pad, right + pad
+        if bounded:
+            left, right = max(left, 0.0), min(right, 1.0)
+        if right <= left:
+            left, right = left - 0.5, right + 0.5
+        for i, v in enumerate(vals):
+            if math.isnan(v):
+                ax.text(left, ys[i], "  n/a", va="center", ha="left", fontsize=7, color=_MUTED)
+        for b in breaks:
+            ax.axhline(b - 0.5, color=_GRID, linewidth=1.0, zorder=0)
+        ax.set_xlim(left, right)
+        ax.set_yticks(ys, [f"{_shorten(t)}  (n={c:,})" if isinstance(c, int) else _shorten(t)
+                           for t, c in zip(labels, counts)])
+        for tick, flag in zip(ax.get_yticklabels(), flags):
+            if flag:
+                tick.set_color(_MUTED)
+                tick.set_fontstyle("italic")
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        level = f"{confidence * 100:g}% interval" if _finite(confidence) else "interval"
+        ax.set_xlabel(f"{metric_label}  (bars: {level}; dashed: overall, band: its interval)")
+        ax.grid(axis="x", color=_GRID, zorder=0)
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        if note:
+            fig.text(0.99, 0.005, note, ha="right", va="bottom", fontsize=7, color=_MUTED)
+        return _to_data_uri(fig)
+
+
+def fairness_rates_chart(
+    *,
+    groups: Sequence[str],
+    counts: Sequence[int | None],
+    rates: Mapping[str, Sequence[float | None]],
+    intervals: Mapping[str, tuple[Sequence[float | None], Sequence[float | None]]] | None = None,
+    overall: Mapping[str, float | None] | None = None,
+    small: Sequence[bool] = (),
+    labels: Mapping[str, str] | None = None,
+) -> str:
+    """Rates per group of one sensitive feature (selection rate, TPR, FPR), bars with error bars.
+
+    Parameters
+    ----------
+    groups : sequence of str
+        The feature's groups, in report order.
+    counts : sequence of int or None
+        Rows per group, shown beside the label.
+    rates : mapping of str to sequence of float or None
+        ``{indicator: [value per group]}``, one bar colour per indicator.
+    intervals : mapping or None
+        ``{indicator: ([low per group], [high per group])}``: the error bars.
+    overall : mapping or None
+        ``{indicator: overall value}``: a dashed line in the indicator's colour.
+    small : sequence of bool
+        Groups flagged as too small to trust (muted, italic label).
+    labels : mapping or None
+        Legend names of the indicators.
+
+    Returns
+    -------
+    str
+        A ``data:image/png;base64,...`` URI.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    counts = list(counts)
+    keep, note = _keep_largest(len(groups), counts)
+    groups = [groups[i] for i in keep]
+    counts = [counts[i] for i in keep]
+    flags = [bool(small[i]) if i < len(small) else False for i in keep]
+    names = list(rates)
+    n = max(len(names), 1)
+    bar_h = 0.78 / n
+    with matplotlib.rc_context(_style()):
+        fig = Figure(figsize=(8.6, max(0.9 + len(groups) * (0.16 * n + 0.2), 1.6)), layout="constrained")
+        ax = fig.add_subplot()
+        ys = list(range(len(groups)))
+        for j, name in enumerate(names):
+            color = PALETTE[j % len(PALETTE)]
+            offset = (j - (n - 1) / 2) * bar_h
+            row = [float(rates[name][i]) if _finite(rates[name][i]) else math.nan for i in keep]
+            xerr = None
+            if intervals is not None and name in intervals:
+                lows, highs = intervals[name]
+                xerr = _interval_error(row, [lows[i] for i in keep], [highs[i] for i in keep])
+            label = (labels or {}).get(name, name)
+            ax.barh([y + offset for y in ys], [0 if math.isnan(v) else v for v in row], height=bar_h * 0.9,
+                    color=color, label=label, zorder=2, xerr=xerr,
+                    error_kw={"ecolor": _INK, "elinewidth": 1.0, "capsize": 2.5, "zorder": 4})
+            for y, v in zip(ys, row):
+                if math.isnan(v):
+                    ax.text(0.005, y + offset, "n/a", va="center", ha="left", fontsize=7, color=_MUTED)
+            ov = (overall or {}).get(name)
+            if _finite(ov):
+                ax.axvline(float(ov), color=color, linestyle=(0, (4, 3)), linewidth=1.1, zorder=3)
+        ax.set_yticks(ys, [f"{_shorten(g)}  (n={c:,})" if isinstance(c, int) else _shorten(g)
+                           for g, c in zip(groups, counts)])
+        for tick, flag in zip(ax.get_yticklabels(), flags):
+            if flag:
+                tick.set_color(_MUTED)
+                tick.set_fontstyle("italic")
+        ax.set_ylim(len(groups) - 0.5, -0.5)
+        ax.set_xlim(0, 1.03)  # room for the caps of error bars that end at 1
+        ax.set_xlabel("rate  (error bars: bootstrap interval; dashed: overall)" if intervals else
+                      "rate  (dashed: overall)")
+        ax.grid(axis="x", color=_GRID, zorder=0)
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(n, 4), frameon=False, fontsize=8)
+        if note:
+            fig.text(0.99, 0.005, note, ha="right", va="bottom", fontsize=7, color=_MUTED)
         return _to_data_uri(fig)

@@ -1016,7 +1016,7 @@ def automl(
     *,
     families: Sequence[str] = AUTOML_FAMILIES,
     time_budget: float = 60.0,
-    strategy: str | Any = "tpe",
+    strategy: str | Any = "auto",
     metric: str | None = None,
     ensemble: Literal["weighted", "stacked", "none"] = "weighted",
     seed: int = 0,
@@ -1040,7 +1040,7 @@ def automl(
         Tuned in that order (cheapest first).
     time_budget : float, default=60.0
         Seconds shared by the families' searches.
-    strategy : str or BaseSearchStrategy, default="tpe"
+    strategy : str or BaseSearchStrategy, default="auto"
         A name of :data:`~modelyard.search.SEARCH_STRATEGIES` (single-objective) or an instance.
     metric : str or None, default=None
         Validation metric to rank by and to ensemble for; default log_loss (classifiers) or rmse.

@@ -279,7 +279,7 @@ def run(
     data: Any,
     *,
     family: str = "mlp",
-    strategy: str | BaseSearchStrategy = "tpe",
+    strategy: str | BaseSearchStrategy = "auto",
     trials: int = 30,
     objectives: str | Sequence[str] = ("accuracy",),
     early_stopping: str | Any = "none",
@@ -303,7 +303,7 @@ def run(
         A space, a built-in space name (``"mlp"``, ``"gbm"``) or its YAML dict form.
     data : TabularData
     family : {"mlp", "gbm"}, default="mlp"
-    strategy : str or BaseSearchStrategy, default="tpe"
+    strategy : str or BaseSearchStrategy, default="auto"
         A name of :data:`SEARCH_STRATEGIES` or an instance.
     trials : int, default=30
         Finished trials the study should hold at the end; a study resumed from a
