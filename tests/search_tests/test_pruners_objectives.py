@@ -49,6 +49,29 @@ def test_pruners_stop_trials_of_a_bad_region(name: str) -> None:
     assert mean(pruned) > mean(done)  # the pruned trials come from the bad region
 
 
+@pytest.mark.parametrize("name", ["median", "asha", "hyperband"])
+def test_a_trial_that_reached_its_last_epoch_is_never_pruned(name: str) -> None:
+    """Every trial that reports epoch 9 of 9 completes: its budget is spent and its model is final."""
+    study = _study_with(name)
+    for t in study.trials:
+        if max(t.intermediate_values) == 9:
+            assert t.state == TrialState.COMPLETE, (t.number, t.state)
+    assert study.get_trials(states=(TrialState.PRUNED,))  # pruning still happens before the last epoch
+
+
+def test_the_callback_prunes_before_the_last_epoch_only() -> None:
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return True
+
+    study = optuna.create_study(pruner=Always())
+    trial = study.ask()
+    callback = pruning_callback(trial, "valid_loss")
+    callback(3, 3, {"valid_loss": 0.5})  # the last epoch: no pruning
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 2 of 3"):
+        callback(2, 3, {"valid_loss": 0.5})
+
+
 def test_none_never_prunes() -> None:
     assert not _study_with("none").get_trials(states=(TrialState.PRUNED,))
     assert PRUNERS.names() == ["asha", "hyperband", "median", "none"]

@@ -115,7 +115,11 @@ def pruning_callback(
 
     def callback(epoch: int, max_epochs: int, logs: Mapping[str, float]) -> None:
         trial.report(sign * float(logs[key]), step=epoch)
-        if trial.should_prune():
+        # A trial at its last epoch has spent its whole budget: its result is final, and
+        # pruning it would throw the fully trained model away. (Successive halving has
+        # no upper rung: with rungs 1, 3, 9, 27 and 27 epochs, it would prune two thirds
+        # of the trials that reach the end.)
+        if epoch < max_epochs and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch} of {max_epochs}")
 
     return callback
