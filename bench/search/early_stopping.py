@@ -8,8 +8,10 @@ strategy, seed and wall-time budget: ``early_stopping="none"`` and ``"asha"`` (t
 rule registered in ``modelyard.search._pruners``: successive halving with rungs at
 epochs 1, 3, 9, 27, keeping the top third). Every trial may train up to
 ``--epochs`` epochs (27 by default, so the last rung is the full budget) on a
-subsample of the training split, scored on the full validation split; the
-trainer's own patience is the same in both searches.
+subsample of the training split, scored on the full validation split. The trainer's
+own patience is the same in both searches and by default as long as the budget, so the
+search "without early stopping" trains every trial to the end (with ``--patience 5``
+both searches also stop a trial after 5 epochs without improvement).
 
 The target of a seed is ``--target`` if given, else the best validation accuracy
 the search without early stopping reached in its budget, less ``--tolerance``
@@ -60,7 +62,7 @@ def search(data: Any, mode: str, args: argparse.Namespace, seed: int) -> dict[st
     from modelyard.models import MLPConfig
     from modelyard.search import run, spaces
 
-    base = MLPConfig(max_epochs=args.epochs, patience=args.patience, seed=0)
+    base = MLPConfig(max_epochs=args.epochs, patience=args.patience or args.epochs, seed=0)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=240.0, help="wall-time budget of each search")
     parser.add_argument("--max-trials", type=int, default=400, help="trial cap of each search")
     parser.add_argument("--epochs", type=int, default=27, help="most epochs of a trial (the last ASHA rung)")
-    parser.add_argument("--patience", type=int, default=5, help="the trainer's patience, in both searches")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="the trainer's patience, in both searches (default: --epochs, i.e. none: "
+                             "'no early stopping' trains every trial to the end)")
     parser.add_argument("--rows", type=int, default=8000, help="training rows of the Adult subsample")
     parser.add_argument("--target", type=float, default=None, help="a fixed target accuracy")
     parser.add_argument("--tolerance", type=float, default=0.002, help="target = best without early stopping - this")

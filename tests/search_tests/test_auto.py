@@ -91,8 +91,17 @@ def test_same_seed_same_trials() -> None:
     assert first != params(4)
 
 
+def test_conditional_spaces_go_to_tpe_unless_asked() -> None:
+    """The default sends conditional spaces to TPE (it searched the Adult MLP space better); flat ones to the GP."""
+    assert isinstance(resolve_strategy("auto").make_sampler(MIXED, 0, 1), TPESampler)
+    assert isinstance(resolve_strategy("auto").make_sampler(BRANIN, 0, 1), GPBOSampler)
+    assert isinstance(resolve_strategy("auto", conditional="gp").make_sampler(MIXED, 0, 1), GPBOSampler)
+    with pytest.raises(ValueError, match="conditional must be 'tpe' or 'gp'"):
+        AutoSearch(conditional="bayes")
+
+
 def test_conditional_and_categorical_space() -> None:
-    study = _study(MIXED, 0)
+    study = _study(MIXED, 0, conditional="gp")
     study.optimize(mixed, n_trials=25)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 25
