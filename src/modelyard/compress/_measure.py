@@ -311,9 +311,14 @@ def compare(
     if reference not in variants:
         raise ValueError(f"reference {reference!r} is not a variant; variants are {list(variants)}.")
     found = {n: measure(p, split, name=n, **kwargs) for n, p in variants.items()}
-    ref = found[reference]
+    return compare_table(found, reference), found
+
+
+def compare_table(measurements: Mapping[str, Measurement], reference: str) -> pd.DataFrame:
+    """One row per measurement, with size and p50 ratios and metric changes against ``reference``."""
+    ref = measurements[reference]
     rows = []
-    for m in found.values():
+    for m in measurements.values():
         row = m.row()
         row["size_ratio"] = m.size_bytes / ref.size_bytes
         row["gzip_ratio"] = m.gzip_bytes / ref.gzip_bytes
@@ -323,4 +328,4 @@ def compare(
             if metric != "count":
                 row[f"{metric}_change"] = value - ref.overall[metric]
         rows.append(row)
-    return pd.DataFrame(rows), found
+    return pd.DataFrame(rows)

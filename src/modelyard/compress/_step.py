@@ -532,19 +532,9 @@ def compress_variants(
 
 def _compare_table(measurements: Mapping[str, Measurement], reference: str) -> pd.DataFrame:
     """The rows :func:`modelyard.compress.compare` builds: measurements plus ratios and changes against ``reference``."""
-    ref = measurements[reference]
-    rows = []
-    for m in measurements.values():
-        row = m.row()
-        row["size_ratio"] = m.size_bytes / ref.size_bytes
-        row["gzip_ratio"] = m.gzip_bytes / ref.gzip_bytes
-        for b, lat in sorted(m.latency.items()):
-            row[f"p50_ratio_b{b}"] = lat.p50_ms / ref.latency[b].p50_ms
-        for metric, value in m.overall.items():
-            if metric != "count":
-                row[f"{metric}_change"] = value - ref.overall[metric]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    from modelyard.compress._measure import compare_table
+
+    return compare_table(measurements, reference)
 
 
 def pick_best(
