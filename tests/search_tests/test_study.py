@@ -319,3 +319,30 @@ def test_settings_that_cannot_reach_workers_fail_before_any_trial(toy_data) -> N
             spaces.mlp(), toy_data, trials=2, workers=2, base_config=TINY,
             early_stopping=optuna.pruners.MedianPruner(),
         )
+
+
+def test_lock_left_by_a_killed_journal_writer_is_released(tmp_path, monkeypatch) -> None:
+    """A worker killed inside an append leaves Optuna's symlink lock behind; the next writer
+    takes it over after the grace period, also when the journal was named by a relative path
+    (the pipeline's ``runs/.state/...``; the link then dangled and Optuna waited forever)."""
+    from modelyard.search import _worker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_worker, "JOURNAL_LOCK_GRACE_S", 1)
+    (tmp_path / "state").mkdir()
+    journal = os.path.join("state", "study.journal")
+    dead = _worker.open_storage(_worker.StorageSpec("journal", journal))
+    optuna.create_study(study_name="before-kill", storage=dead)
+    dead._backend._lock.acquire()  # the lock as a writer killed before its release leaves it
+    assert os.path.lexists(journal + ".lock")
+    result: list[str] = []
+
+    def create() -> None:
+        storage = _worker.open_storage(_worker.StorageSpec("journal", journal))
+        result.append(optuna.create_study(study_name="after-kill", storage=storage).study_name)
+
+    thread = threading.Thread(target=create, daemon=True)
+    thread.start()
+    thread.join(timeout=60)  # the grace period is 1 s; 60 s only bounds a regression
+    assert result == ["after-kill"]
+    assert not os.path.lexists(journal + ".lock")

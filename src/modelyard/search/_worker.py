@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 WORKER_KEY = "modelyard:worker"
+# Seconds a journal lock may sit unchanged before it counts as left by a dead worker. A
+# live writer holds it for one append (milliseconds); Optuna's default is 30.
+JOURNAL_LOCK_GRACE_S = 10
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,15 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
     """Open the storage ``spec`` names (RDB with heartbeat and retry of failed trials, or a journal file)."""
     if spec.kind == "journal":
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-        return JournalStorage(JournalFileBackend(spec.location))
+        # Optuna's lock is a symbolic link to the journal. Given a relative path, the link
+        # resolves against its own folder and dangles, and a dangling lock left by a killed
+        # worker is never released (Optuna waits for its target's mtime to stop changing
+        # and cannot stat it). An absolute path makes the grace period work.
+        path = os.path.abspath(spec.location)
+        lock = JournalFileSymlinkLock(path, grace_period=JOURNAL_LOCK_GRACE_S)
+        return JournalStorage(JournalFileBackend(path, lock_obj=lock))
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     from sqlalchemy.exc import IntegrityError, ProgrammingError
