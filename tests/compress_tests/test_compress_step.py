@@ -331,3 +331,22 @@ def test_registry_resolves_the_names() -> None:
     assert v.name == "magnitude:0.9" and [type(p).__name__ for p in v.pruners()] == ["MagnitudePruner"]
     with pytest.raises(ValueError, match=r"sparsity must be a number in \(0, 1\)"):
         PRUNERS.get("magnitude")(1.0)
+
+
+def test_model_card_names_the_served_variant_with_its_measured_figures(run: pipeline.RunResult) -> None:
+    from modelyard.report._html import fmt_bytes
+
+    card = (run.root / "model_card.md").read_text()
+    found = json.loads((run.root / "compress" / "compress.json").read_text())
+    section = card[card.index("### Compression"):]
+    section = section[:re.search(r"\n##+ ", section).start()]  # up to the next heading
+    rows = {r["variant"]: r for r in found["table"]}
+    best, reference = rows[found["best"]], rows[REFERENCE_VARIANT]
+    names = [r["variant"].replace("_", "\\_") for r in found["table"]]  # Markdown-escaped as the card writes them
+    assert all(f"| {n}" in section for n in names)
+    assert f"| {names[list(rows).index(found['best'])]} (served) |" in section
+    if found["best"] != REFERENCE_VARIANT:  # the card's sentence carries the table's sizes, not recomputed ones
+        assert f"{fmt_bytes(best['size_bytes'])} against {fmt_bytes(reference['size_bytes'])}" in section
+    else:
+        assert "The uncompressed model is served." in section
+    assert card.index("### Compression") < card.index("## Ethical considerations")

@@ -138,3 +138,24 @@ def test_write_model_card_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(OSError, match="disk full"):
         write_model_card({}, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_card.md"]
+
+
+def test_card_states_the_served_compressed_variant_and_the_search() -> None:
+    summary = make_summary(optional=False)
+    row = {"size_bytes": 400_000, "gzip_bytes": 350_000, "p50_ms_b1": 0.05, "p99_ms_b1": 0.06, "p50_ms_b64": 1.0,
+           "p99_ms_b64": 1.2, "accuracy": 0.86, "accuracy_change": 0.0, "valid_drop": 0.0, "within_budget": True}
+    summary["compress"] = {
+        "model": "mlp", "metric": "accuracy", "batch_sizes": [1, 64], "best": "static_int8", "measured_on": "test",
+        "rows_measured": 1000, "max_accuracy_drop": 0.01, "reason": "smallest within budget",
+        "table": [{**row, "variant": "uncompressed", "kind": "reference", "size_ratio": 1.0},
+                  {**row, "variant": "static_int8", "size_bytes": 100_000, "size_ratio": 0.25, "p50_ms_b64": 0.25,
+                   "accuracy": 0.855, "accuracy_change": -0.005}],
+    }
+    summary["search"] = {"family": "mlp", "strategy": "auto", "objectives": ["accuracy"], "trials_count": 12,
+                         "best_value": 0.861, "best_trial": 7, "trials": []}
+    card = render_model_card(summary)
+    assert ("served file is the **static\\_int8** variant of mlp (model.compressed.onnx): 97.7 KB against "
+            "390.6 KB uncompressed (0.25×)") in card
+    assert "p50 latency at batch 64 0.25 ms against 1 ms" in card and "(-0.0050)" in card
+    assert "| static\\_int8 (served) |" in card and "| uncompressed |" in card
+    assert "**Hyperparameter search:** mlp by auto over 12 trials" in card and "best 0.8610 at trial 7" in card

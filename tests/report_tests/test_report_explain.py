@@ -122,3 +122,19 @@ def test_image_model_integrated_gradients_heatmaps(tmp_path: Path) -> None:
     summary["explain"] = result
     section = _section(render_html(summary))
     assert 'id="explain-ig"' in section and len(re.findall(r'<img src="data:image/png', section)) == 2
+
+
+def test_model_card_lists_the_top_permutation_importances(explained: dict[str, Any]) -> None:
+    from modelyard.report import render_model_card
+    from modelyard.report._card import TOP_FEATURES, md_escape
+
+    summary = make_summary(optional=False)
+    summary["explain"] = explained
+    card = render_model_card(summary)
+    section = card[card.index("### What drives the predictions"):]
+    section = section[:section.index("\n## ")]
+    table = explained["permutation"]["table"][:TOP_FEATURES]
+    at = [section.index(f"| {md_escape(r['feature'])} |") for r in table]
+    assert at == sorted(at)  # in the step's order: most important first
+    assert SCRIPT_COLUMN not in card  # the hostile column name is escaped
+    assert "### What drives the predictions" not in render_model_card(make_summary(optional=False))

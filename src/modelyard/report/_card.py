@@ -94,6 +94,9 @@ def _finalize(value: Any) -> str:
 
 _ENV: Any = None
 
+#: Features listed in the card's importance table (the HTML report shows more).
+TOP_FEATURES = 8
+
 
 def _environment() -> Any:
     global _ENV
@@ -120,6 +123,7 @@ def _environment() -> Any:
 
 def _card_context(summary: Mapping[str, Any]) -> dict[str, Any]:
     from modelyard import __version__
+    from modelyard.report._html import _automl_section, _search_section
 
     view = normalize_summary(summary)
     models = view["models"]
@@ -206,6 +210,8 @@ def _card_context(summary: Mapping[str, Any]) -> dict[str, Any]:
         ],
         "headline_metrics": headline_metrics,
         "feature_step": _feature_step(summary.get("features")),
+        "search": _search_section(summary.get("search"), plots=False),
+        "automl": _automl_section(summary.get("automl")),
         "n_numeric": sum(1 for f in features if f["kind"] == "numeric"),
         "n_categorical": sum(1 for f in features if f["kind"] == "categorical"),
         "version": __version__,
@@ -291,6 +297,41 @@ Rates of {{ fairness.model or "the chosen model" }} per group of each sensitive 
 {% endfor %}
 
 {% endif %}
+{% if compress %}
+### Compression ({{ compress.rows_measured | thousands }} {{ compress.split }} rows, ONNX Runtime)
+
+{% if best_variant and not best_variant.reference %}
+The served file is the **{{ best_variant.variant }}** variant of {{ compress.model }} (model.compressed.onnx): {{ best_variant.size | bytes }} against {{ reference.size | bytes }} uncompressed ({{ best_variant.size_ratio | ratio }}){% for b in compress.batch_sizes %}, p50 latency at batch {{ b }} {{ best_variant.latency[loop.index0][0] }} against {{ reference.latency[loop.index0][0] }}{% endfor %}; {{ compress.metric | label }} {{ best_variant.value | metric(compress.metric) }} against {{ reference.value | metric(compress.metric) }} ({{ best_variant.change | signed }}). The {{ compress.metric | label }} may drop by at most {{ compress.max_drop | metric }} on the validation split.
+{% else %}
+The uncompressed model is served. {{ compress.reason or "No variant was within the budget." }}
+{% endif %}
+
+| Variant | Size | {{ compress.metric | label }} | Change |{% for b in compress.batch_sizes %} p50 b{{ b }} |{% endfor %}
+
+|---|---:|---:|---:|{% for b in compress.batch_sizes %}---:|{% endfor %}
+
+{% for r in compress.rows %}
+| {{ r.variant }}{% if r.best %} (served){% endif %}{% if r.error %} (failed: {{ r.error }}){% endif %} | {{ r.size | bytes }} | {{ r.value | metric(compress.metric) }} | {{ r.change | signed }} |{% for l in r.latency %} {{ l[0] }} |{% endfor %}
+
+{% endfor %}
+
+{% if compress.slices %}
+Per-group {{ compress.metric | label }} of every variant is in the HTML report; a variant within the overall budget can still lose more in a small group.
+
+{% endif %}
+{% endif %}
+{% if explain and explain.importance %}
+### What drives the predictions ({{ explain.model }}, {{ explain.split }} split)
+
+Permutation importance{% if explain.metric %} (drop of {{ explain.metric }} when the feature is shuffled{% if explain.n_repeats %}, {{ explain.n_repeats | thousands }} repeats{% endif %}{% if explain.perm_rows %} over {{ explain.perm_rows | thousands }} rows{% endif %}){% endif %}; the HTML report has {% for m in explain.methods %}{{ m }}{% if not loop.last %}, {% endif %}{% endfor %} plots. Importance describes the model, not causes in the world.
+
+| Feature | Importance | Interval |
+|---|---:|---|
+{% for r in explain.importance[:top_features] %}
+| {{ r.feature }} | {{ r.importance | metric }} | {% if r.low is not none and r.high is not none %}{{ r.low | metric }} to {{ r.high | metric }}{% else %}—{% endif %} |
+{% endfor %}
+
+{% endif %}
 {% if gate %}
 ### Validation gate
 
@@ -305,16 +346,32 @@ Rates of {{ fairness.model or "the chosen model" }} per group of each sensitive 
 
 
 def _analysis_markdown(summary: Mapping[str, Any]) -> str:
-    """The card's fairness and gate subsections, or "" when the run has neither."""
-    from modelyard.report._html import _fairness_section, _gate_section, fmt_level
+    """The card's fairness, compression, importance and gate subsections, or "" when the run has none."""
+    from modelyard.report._html import (
+        _compress_section, _explain_section, _fairness_section, _gate_section, _text, fmt_level,
+    )
 
     fairness = _fairness_section(summary.get("fairness"), plots=False)
     gate = _gate_section(summary.get("gate"))
-    if fairness is None and gate is None:
+    compress = _compress_section(summary.get("compress"), plots=False)
+    explain = _explain_section(summary.get("explain"), plots=False)
+    if fairness is None and gate is None and compress is None and not (explain and explain["importance"]):
         return ""
+    best_variant = reference = None
+    if compress is not None:
+        raw = summary["compress"]
+        compress["split"] = _text(raw.get("measured_on")) or "test"
+        reference = next((r for r in compress["rows"] if r["reference"]), None)
+        best_variant = next((r for r in compress["rows"] if r["best"]), None)
+        if reference is None:  # a table without its reference row cannot be compared
+            compress = None
     env = _environment()
     env.filters.setdefault("level", fmt_level)
-    return env.from_string(_ANALYSIS).render(fairness=fairness, gate=gate)
+    env.filters.setdefault("ratio", lambda v: "—" if v is None else f"{v:.3g}×")
+    env.filters.setdefault("signed", lambda v: "—" if v is None else f"{v:+.4f}")
+    return env.from_string(_ANALYSIS).render(fairness=fairness, gate=gate, compress=compress, explain=explain,
+                                             best_variant=best_variant, reference=reference,
+                                             top_features=TOP_FEATURES)
 
 
 def write_model_card(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
