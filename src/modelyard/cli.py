@@ -52,6 +52,12 @@ def _main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
+    if not debug:
+        # ONNX Runtime's C++ logger prints graph-optimizer notes ("Removing initializer ...")
+        # on stderr while quantizing; they are not problems. --debug keeps them.
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
 
 
 def _console() -> Any:
@@ -929,6 +935,139 @@ def _compress_table(result: Any) -> Any:
                       num(r.get(metric), ".4f"), num(r.get(f"{metric}_change"), "+.4f"),
                       num(r.get("valid_drop"), "+.4f"), note)
     return table
+
+
+#: Fields of the remediation section and the ``modelyard remediate`` flags that set them.
+_REMEDIATE_FLAGS = {"methods": "--method", "base": "--base", "constraint": "--constraint", "tolerance": "--tolerance",
+                    "seed": "--seed", "sensitive": "--sensitive"}
+
+
+@app.command("remediate")
+def remediate_cmd(
+    data: Annotated[str, typer.Argument(help="A CSV or Parquet file, or a built-in tabular data set (adult, compas), "
+                                        "with a binary target.")],
+    sensitive: Annotated[str | None, typer.Option("--sensitive", "-s", help="The column whose groups are made "
+                                                     "fairer (it need not be a feature); default: a built-in set's "
+                                                     "first sensitive column (adult: sex).")] = None,
+    methods: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="A remediation method (repeat for several): reweighing (Kamiran-Calders instance "
+        "weights), mindiff (MMD penalty in the MLP's loss; needs --base mlp), threshold (Hardt et al.'s per-group "
+        "thresholds), lfr (learned fair representations). Default: every method that applies to --base.")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target column (required for a file).")]
+    = None,
+    base: Annotated[str, typer.Option("--base", "-b", help="Base model remediated and measured before: gbm or "
+                                      "mlp.")] = "gbm",
+    constraint: Annotated[str, typer.Option("--constraint", help="threshold: demographic_parity, equalized_odds, "
+                                            "true_positive_rate_parity or false_positive_rate_parity.")]
+    = "demographic_parity",
+    tolerance: Annotated[float, typer.Option("--tolerance", help="threshold: largest gap between groups allowed "
+                                             "on the validation split.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the split, the base model and the "
+                                      "remediation.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for remediation.json, remediation.csv and "
+                                      "remediation.png.")] = Path("remediation"),
+    test: Annotated[float | None, typer.Option("--test", help="Test fraction of a file (default 0.2); built-ins "
+                                                  "use their official test file where they have one.")] = None,
+    valid: Annotated[float, typer.Option("--valid", help="Validation fraction (early stopping; the thresholds are "
+                                         "chosen on it).")] = 0.1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or table.")] = False,
+) -> None:
+    """Remediate a binary classifier for group fairness and compare the methods before and after.
+
+    A base model (--base) is fitted on the train split and each method is applied to it;
+    every model is measured on the same test rows: accuracy, demographic parity
+    difference (DPD: the largest gap in selection rate between the groups of --sensitive)
+    and equalized odds difference (EOD: the larger of the largest TPR and FPR gaps).
+    Prints the before/after table and writes to OUT: remediation.json (every method's
+    figures, the settings and the base model's "before"), remediation.csv (one row per
+    method after the "before" row: accuracy, DPD, EOD, accuracy cost, fit time) and
+    remediation.png (accuracy against DPD and EOD). Files are written atomically, and
+    nothing is written on bad input (an unknown column or method, a target that is not
+    binary).
+
+    Example: modelyard remediate adult --sensitive sex --method threshold --method reweighing
+    """
+    from pydantic import ValidationError
+
+    from modelyard import data as mydata
+    from modelyard.errors import DataError
+    from modelyard.pipeline._remediation_step import (
+        check_binary,
+        directory_writer,
+        remediation_rows,
+        resolve_sensitive,
+        run_remediation,
+        write_remediation,
+    )
+    from modelyard.pipeline._spec import RemediationSpec
+
+    try:  # the spec section's own checks: known methods, mindiff only with mlp, constraint, tolerance
+        section = RemediationSpec.model_validate({"methods": methods or None, "base": base, "constraint": constraint,
+                                                  "tolerance": tolerance, "seed": seed})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        flag = _REMEDIATE_FLAGS.get(str(err["loc"][0]) if err["loc"] else "", "remediate")
+        raise SpecError(f"{flag}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r}).") from None
+    if not 0 < valid < 1:
+        raise SpecError(f"--valid must be a fraction between 0 and 1; got {valid!r}.")
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {str(out)!r} is a file; give a folder for the three files.")
+    is_file = data.lower().endswith((".csv", ".tsv", ".gz", ".parquet", ".pq")) or "/" in data or Path(data).is_file()
+    if is_file:
+        if not Path(data).is_file():
+            raise DataError(f"Data file {data!r} does not exist; give a CSV or Parquet file or a built-in data set "
+                            f"({', '.join(mydata.DATASETS.names())}).")
+        if not target:
+            raise SpecError(f"--target is required for a file ({data}); name the binary column to predict.")
+        reader = mydata.from_parquet if data.lower().endswith((".parquet", ".pq")) else mydata.from_csv
+        dataset = reader(data, target=target, valid=valid, test=0.2 if test is None else test, seed=seed)
+    else:
+        if data not in mydata.DATASETS:
+            raise DataError(f"{data!r} is neither an existing file nor a built-in data set; built-ins: "
+                            f"{mydata.DATASETS.names()}.")
+        dataset = mydata.load(data, valid=valid, test=test, seed=seed)
+        if not isinstance(dataset, mydata.TabularData):
+            raise DataError(f"{data!r} is an image data set; fairness remediation needs tabular rows with a sensitive "
+                            "column. Give a CSV, Parquet or tabular built-in data set (adult, compas).")
+        if target and target != dataset.schema.target:
+            raise DataError(f"Built-in data set {data!r} has target {dataset.schema.target!r}, not {target!r}; "
+                            "drop --target.")
+    check_binary(dataset.schema, fix="Give --target a column with two values.")
+    column = resolve_sensitive(dataset.schema, list(dataset.train.frame.columns), sensitive, fix="--sensitive")
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), console=Console(stderr=True, highlight=False), transient=True,
+                        disable=quiet)
+
+    def bar(description: str, total: int | None) -> Any:
+        task = progress.add_task(description, total=total, info="")
+        return lambda **kw: progress.update(task, **kw)
+
+    with progress:
+        doc, _ = run_remediation(dataset.train, dataset.valid, dataset.test, sensitive=column,
+                                 methods=list(section.method_names), base=section.base, constraint=section.constraint,
+                                 tolerance=section.tolerance, seed=seed, progress=bar, where="--method")
+    write_remediation(doc, directory_writer(out))  # only after every method ran: nothing is written on failure
+    if not quiet:
+        from rich.table import Table
+        from rich.text import Text
+
+        def num(v: Any, fmt: str = ".4f") -> str:
+            return "–" if v is None else format(v, fmt)
+
+        table = Table(title=Text(f"Fairness remediation on {column!r} · base {section.base} · "
+                                 f"{doc['rows']['test']:,} test rows"), title_justify="left")
+        for col in ("method", "accuracy", "DPD", "EOD", "accuracy cost", "fit s"):
+            table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+        for row in remediation_rows(doc):
+            before = row["method"] == "before"
+            table.add_row(Text(row["method"], style="bold" if before else ""), num(row["accuracy"]),
+                          num(row["demographic_parity_difference"]), num(row["equalized_odds_difference"]),
+                          "–" if before else num(row["accuracy_cost"], "+.4f"), num(row["fit_time_s"], ".2f"))
+        _console().print(table)
+    typer.echo(str(out.resolve()))
 
 
 def _fail(exc: BaseException) -> typer.Exit:

@@ -33,7 +33,7 @@ def test_defaults_are_filled_in() -> None:
     ("spec", "message"),
     [
         (_with(extra=1), "Invalid spec: (top level): unknown key 'extra'; allowed keys: automl, compress, data, "
-         "evaluate, explain, export, features, name, report, search, train."),
+         "evaluate, explain, export, features, name, nas, remediation, report, search, train."),
         (_with(data={"source": "adult", "splt": {}}), "Invalid spec: data: unknown key 'splt'; allowed keys: "
          "categorical, drop, sensitive, source, split, subsample, target, task."),
         (_with(data={"source": "adult", "split": {"valid": "lots"}}),

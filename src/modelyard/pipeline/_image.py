@@ -19,6 +19,10 @@ shapes:
 * ``export``: ``model.onnx`` with one input ``image`` (float32 ``[N, C, H, W]`` in
   ``[0, 1]``) and output ``probabilities``, parity checked on test images.
 
+With a ``nas:`` section the ``nas`` step (:mod:`modelyard.pipeline._nas_step`) adds the
+candidate ``nas``; these steps load every model with :func:`load_image_model`, which
+also reads its ``model.safetensors`` (family ``nas``).
+
 Each step's code version covers this module and :mod:`modelyard.pipeline._stages`.
 """
 
@@ -35,7 +39,7 @@ from modelyard.pipeline._stages import _SPLITS, CompressStep, DataStep, _jsonabl
 from modelyard.pipeline._step import Step, StepContext
 
 __all__ = ["IMAGE_SLICE", "ImageCompressStep", "ImageDataStep", "ImageEvaluateStep", "ImageExportStep",
-           "ImageTrainStep", "image_report", "read_image_split"]
+           "ImageTrainStep", "image_report", "load_image_model", "read_image_split"]
 
 #: The slice of an image evaluation: one group per true class.
 IMAGE_SLICE = "class"
@@ -48,6 +52,21 @@ def read_image_split(ctx: StepContext, role: str) -> Any:
     from modelyard.data import load_image_split
 
     return load_image_split(ctx.input(role))
+
+
+def load_image_model(path: Any) -> Any:
+    """A model of an image pipeline: :func:`~modelyard.models.load_predictor`'s, or the nas step's network.
+
+    The nas step's ``model.safetensors`` (family ``nas``, see
+    :mod:`modelyard.pipeline._nas_step`) loads as an image predictor like a ``cnn`` model.
+    """
+    from modelyard.pipeline._nas_step import is_nas_model, load_nas_predictor
+
+    if is_nas_model(path):
+        return load_nas_predictor(path)
+    from modelyard.models import load_predictor
+
+    return load_predictor(path)
 
 
 def _classes(ctx: StepContext) -> list[str]:
@@ -183,7 +202,6 @@ class ImageEvaluateStep(_ImageStep, Step):
 
     def run(self, ctx: StepContext) -> None:
         from modelyard.evaluate import METRICS
-        from modelyard.models import load_predictor
 
         classes = _classes(ctx)
         valid, test = read_image_split(ctx, "valid"), read_image_split(ctx, "test")
@@ -197,12 +215,14 @@ class ImageEvaluateStep(_ImageStep, Step):
         bar = ctx.progress("evaluating", len(models))
         out: dict[str, Any] = {}
         for name in models:
-            predictor = load_predictor(ctx.input(f"model:{name}"))
+            predictor = load_image_model(ctx.input(f"model:{name}"))
             fit = ctx.read_json(f"fit:{name}")
             v = image_report(predictor, valid, classes, [], metrics)
             t = image_report(predictor, test, classes, slices, metrics, **intervals)
             out[name] = {"family": fit["family"], "fit_seconds": fit["fit_seconds"], "valid": v.to_dict(),
                          "test": t.to_dict()}
+            if isinstance(fit.get("nas"), dict):  # the nas step's search summary, for the report
+                out[name]["nas"] = fit["nas"]
             bar(advance=1)
         select = self.config["select"]
         metric = select["metric"] or "accuracy"
@@ -251,9 +271,10 @@ class ImageCompressStep(_ImageStep, CompressStep):
             bar(completed=done[0], info=message)
             done[0] += 1
 
+        model = load_image_model(ctx.input(f"model:{name}"))  # a cnn, or the nas step's network
         with tempfile.TemporaryDirectory(prefix="modelyard-compress-") as tmp:
             result = compress_variants(
-                ctx.input(f"model:{name}"), splits["train"], splits["valid"], splits["test"], tmp, entries,
+                model, splits["train"], splits["valid"], splits["test"], tmp, entries,
                 metric=config.get("metric"), max_accuracy_drop=config["max_accuracy_drop"], prefer=config["prefer"],
                 batch_sizes=tuple(config["batch_sizes"]), repeats=config["repeats"], warmup=config["warmup"],
                 threads=config["threads"], calibration_rows=config["calibration_rows"], rows=config.get("rows"),
@@ -279,14 +300,13 @@ class ImageExportStep(_ImageStep, Step):
 
     def run(self, ctx: StepContext) -> None:
         from modelyard.compress import export_onnx
-        from modelyard.models import load_predictor
 
         evaluation = ctx.read_json("evaluation")
         chosen = evaluation["chosen"]["model"]
         classes = _classes(ctx)
         test = read_image_split(ctx, "test")
         bar = ctx.progress(f"exporting {chosen} to ONNX", 1)
-        predictor = load_predictor(ctx.input(f"model:{chosen}"))
+        predictor = load_image_model(ctx.input(f"model:{chosen}"))
         atol = self.config["atol"]
         with ctx.output("model.onnx") as tmp:
             result = export_onnx(predictor, tmp, sample=test.x[: self.config["parity_rows"]], atol=atol)

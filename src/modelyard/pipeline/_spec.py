@@ -25,16 +25,18 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from modelyard.errors import SpecError
 
 __all__ = [
     "PipelineSpec", "DataSpec", "SplitSpec", "TrainSpec", "SelectSpec", "BucketSlice", "EvaluateSpec",
-    "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "FeaturesSpec", "FEATURE_SELECTION", "FEATURE_EXTRACTION",
+    "ExportSpec", "ReportSpec", "SearchSpec", "AutoMLSpec", "NASSpec", "FeaturesSpec", "FEATURE_SELECTION", "FEATURE_EXTRACTION",
     "CompressSpec", "VariantSpec", "PruneVariantSpec", "StructuredVariantSpec",
     "load_spec", "parse_spec", "MODEL_FAMILY_CONFIGS", "model_config_class", "ExplainSpec", "EXPLAIN_METHODS",
     "SubsampleSpec", "IMAGE_FAMILIES", "IMAGE_SOURCES", "is_image_source",
+    "RemediationSpec", "RemediationOptions", "MinDiffOptions", "LFROptions", "REMEDIATION_METHODS",
+    "REMEDIATION_CONSTRAINTS", "REMEDIATION_BASES",
 ]
 
 #: Model families a spec can name, and where their typed config lives. The config
@@ -257,6 +259,63 @@ class AutoMLSpec(_Strict):
     max_trials: int | None = Field(None, ge=1, description="Trials per family at most.")
     base: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Fixed config keys per family "
                                             "that the spaces do not set, e.g. {mlp: {max_epochs: 20}}.")
+
+
+#: Keys of ``search:`` (and ``automl:``) that ``nas:`` does not take, and what to write instead.
+_NAS_INSTEAD = {
+    "trials": "models (the budget: networks trained)", "budget": "models (the budget: networks trained)",
+    "time_budget": "models (the budget is counted in networks trained, not seconds)",
+    "max_trials": "models (the budget: networks trained)", "max_epochs": "epochs (training epochs per network)",
+    "family": "nothing: nas searches CNN cells; a model family is searched by search: on tabular data",
+    "families": "nothing: nas searches CNN cells; families are tuned by automl: on tabular data",
+    "space": "n_blocks, n_cells, n_stacks and channels (the cell space is fixed)",
+    "objectives": "nothing: nas maximizes validation accuracy", "base": "the network-shape keys themselves",
+    "early_stopping": "nothing: every network trains `epochs` epochs", "workers": "nothing: nas runs in one process",
+}
+
+
+class NASSpec(_Strict):
+    """Neural architecture search on image data: CNN architectures trained on a budget of models.
+
+    :func:`modelyard.search.nas` on the data step's train and valid splits (seeded subsets
+    of them); the most accurate network joins the evaluate step's candidates as ``nas``.
+    """
+
+    strategy: str = Field("pnas", description="pnas (progressive NAS, the default: cells grow one block at a time, "
+                          "a learned surrogate keeps the top `beam`), morphism (function-preserving transforms, "
+                          "children inherit their parent's weights), rl, evolution, random, or another registered "
+                          "search strategy.")
+    models: int = Field(30, ge=1, description="Budget: networks trained in the search.")
+    epochs: int = Field(1, ge=1, description="Training epochs per network.")
+    n_blocks: int = Field(3, ge=1, le=5, description="Blocks per cell (PNAS: the most). Not used by morphism.")
+    n_cells: int = Field(1, ge=0, description="Normal cells per stack of the cell network.")
+    n_stacks: int = Field(2, ge=1, description="Stacks of cells, a reduction cell between consecutive stacks.")
+    channels: int = Field(8, ge=1, description="Channels of a block output in the first stack.")
+    stem_stride: int = Field(2, ge=1, le=4, description="Stride of the stem convolution; 2 makes the cells work at "
+                             "half resolution (a quarter of the compute).")
+    train_size: int | None = Field(3000, ge=1, description="Training images of the search (a seeded subset of the "
+                                   "train split); null: all of them.")
+    valid_size: int | None = Field(1000, ge=1, description="Validation images that score each network (a seeded "
+                                   "subset of the valid split); null: all of them.")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of every network.")
+    batch_size: int = Field(64, ge=1, description="Training batch size of every network.")
+    beam: int = Field(8, ge=1, description="PNAS: cells trained per round (K).")
+    initial: int | None = Field(None, ge=1, description="PNAS: cells of the first round; default: every one-block "
+                                "cell the budget allows.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the strategy, e.g. "
+                                    "{population_size: 10} for evolution or {neighbors: 2} for morphism.")
+    seed: int = Field(0, ge=0, description="Seeds the subsets, every network's initialization and data order, and "
+                      "the strategy.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_search_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key in v:
+                if key in _NAS_INSTEAD:
+                    raise ValueError(f"unknown key {key!r} (a search:/automl: option); nas: takes "
+                                     f"{_NAS_INSTEAD[key]}. Allowed keys: {', '.join(sorted(cls.model_fields))}")
+        return v
 
 
 class PruneVariantSpec(_Strict):
@@ -504,6 +563,115 @@ class ExplainSpec(_Strict):
         return v
 
 
+#: Fairness remediation methods a spec can name (kept in step with
+#: :data:`modelyard.evaluate.REMEDIATION_METHODS`; the spec does not import numpy).
+REMEDIATION_METHODS = ("reweighing", "mindiff", "threshold", "lfr")
+#: Constraints of the ``threshold`` method (:data:`modelyard.evaluate._remediation_threshold.CONSTRAINTS`).
+REMEDIATION_CONSTRAINTS = ("demographic_parity", "equalized_odds", "true_positive_rate_parity",
+                           "false_positive_rate_parity")
+#: Base models of the remediation section, and the methods that apply to each (mindiff is a
+#: penalty in the torch MLP's loss, so it needs the MLP).
+REMEDIATION_BASES: dict[str, tuple[str, ...]] = {
+    "gbm": ("reweighing", "threshold", "lfr"),
+    "mlp": ("reweighing", "mindiff", "threshold", "lfr"),
+}
+
+
+class MinDiffOptions(_Strict):
+    """Options of ``mindiff`` (:class:`~modelyard.evaluate.MinDiffPenalty`); unset ones keep its defaults."""
+
+    weight: float | None = Field(None, ge=0, description="Multiplies the MMD penalty (default 1.5).")
+    bandwidth: float | None = Field(None, gt=0, description="Gaussian kernel bandwidth on probabilities "
+                                    "(default 0.1).")
+    label: int | None = Field(None, ge=0, le=1, description="Compare the groups' scores on rows of this label "
+                              "only (default 0: the negatives, which targets the false-positive-rate gap).")
+
+
+class LFROptions(_Strict):
+    """Options of ``lfr`` (:class:`~modelyard.evaluate.LearnedFairRepresentation`); unset ones keep its defaults."""
+
+    n_prototypes: int | None = Field(None, ge=2, description="Prototypes of the representation (default 10).")
+    reconstruction: float | None = Field(None, ge=0, description="Weight A_x of the reconstruction loss "
+                                         "(default 0.01).")
+    prediction: float | None = Field(None, ge=0, description="Weight A_y of the prediction loss (default 1.0).")
+    fairness: float | None = Field(None, ge=0, description="Weight A_z of the parity loss (default 1.0; AIF360 uses 50, which on Adult predicts worse than the majority class).")
+    max_iter: int | None = Field(None, ge=1, description="L-BFGS iterations in all (default 150; the cost of "
+                                 "the method grows with it).")
+
+
+class RemediationOptions(_Strict):
+    """Per-method options; only ``mindiff`` and ``lfr`` take any."""
+
+    mindiff: MinDiffOptions | None = Field(None, description="Options of the MinDiff penalty.")
+    lfr: LFROptions | None = Field(None, description="Options of learning fair representations.")
+
+
+class RemediationSpec(_Strict):
+    """Fairness remediation on the test split: each method's accuracy and group gaps before and after.
+
+    Tabular binary tasks only. Each method is run on the data step's splits by
+    :func:`modelyard.evaluate.remediate`; the step writes ``remediation.json``,
+    ``remediation.csv`` and the trade-off plot ``remediation.png``, and the report shows them.
+    """
+
+    sensitive: str | None = Field(None, description="The sensitive column whose groups are made fairer (it need "
+                                  "not be a feature); default: the data's first sensitive column.")
+    base: Literal["gbm", "mlp"] = Field("gbm", description="The base model remediated (and the 'before'): "
+                                        "gradient boosting or the torch MLP.")
+    methods: list[str] | None = Field(None, min_length=1, validate_default=True, description="reweighing, "
+                                      "mindiff, threshold, lfr; default: every method that applies to the base "
+                                      "(mindiff needs base mlp).")
+    constraint: Literal["demographic_parity", "equalized_odds", "true_positive_rate_parity",
+                        "false_positive_rate_parity"] = Field(
+        "demographic_parity", description="threshold: the parity the per-group thresholds reach on the "
+        "validation split.")
+    tolerance: float = Field(0.0, ge=0, le=1, description="threshold: the largest gap between groups allowed on "
+                             "the validation split.")
+    seed: int = Field(0, ge=0, description="Seeds the base model, the remediation and the thresholds' draws.")
+    options: RemediationOptions = Field(default_factory=RemediationOptions, description="Per-method options, "
+                                        "e.g. {mindiff: {weight: 2.0}, lfr: {max_iter: 50}}.")
+    base_params: dict[str, Any] = Field(default_factory=dict, description="Config keys of the base model "
+                                        "(GBMConfig or MLPConfig fields, e.g. {max_iter: 100}).")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _known_methods(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(f"must be a list of methods, e.g. [{v}]")  # noqa: TRY004 - pydantic reports ValueError
+        if isinstance(v, list):
+            unknown = [m for m in v if m not in REMEDIATION_METHODS]
+            if unknown:
+                raise ValueError(f"unknown remediation method(s) {unknown}; known: {', '.join(REMEDIATION_METHODS)}")
+            if len(set(v)) != len(v):
+                raise ValueError("names a method twice; give each method once")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _default_methods(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        base = info.data.get("base")
+        if v is None and base in REMEDIATION_BASES:  # filled in, so the resolved spec names them
+            return list(REMEDIATION_BASES[base])
+        if v is not None and "mindiff" in v and base != "mlp":
+            raise ValueError("mindiff is a penalty in the torch MLP's training loss; set the base to mlp or "
+                             "remove mindiff")
+        return v
+
+    @model_validator(mode="after")
+    def _options_of_named_methods(self) -> RemediationSpec:
+        given = [name for name in RemediationOptions.model_fields if getattr(self.options, name) is not None]
+        for name in given:
+            if name not in self.method_names:
+                raise ValueError(f"options.{name} is given but {name} is not among the methods "
+                                 f"{list(self.method_names)}; add it to methods or remove options.{name}")
+        return self
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        """The methods run: those given, else every method that applies to the base."""
+        return tuple(self.methods) if self.methods is not None else REMEDIATION_BASES[self.base]
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline: data, (features), (search), (automl), train, evaluate, export, report."""
 
@@ -513,12 +681,16 @@ class PipelineSpec(_Strict):
                                           "data step; every model trains on its output.")
     search: SearchSpec | None = Field(None, description="Optional hyperparameter search before training.")
     automl: AutoMLSpec | None = Field(None, description="Optional AutoML over several families before training.")
+    nas: NASSpec | None = Field(None, description="Optional neural architecture search on image data before "
+                                "training; the best network joins the candidates as `nas`.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     explain: ExplainSpec | None = Field(None, description="Optional explanations of the chosen model after "
                                         "evaluation (importances, SHAP, PDP/ICE, per-row).")
     compress: CompressSpec | None = Field(None, description="Optional compression of the chosen model: pruned "
                                           "and quantized variants measured on ONNX Runtime, the best recorded.")
+    remediation: RemediationSpec | None = Field(None, description="Optional fairness remediation (tabular binary "
+                                                "tasks): methods compared before and after on the test split.")
     export: ExportSpec = Field(default_factory=ExportSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
@@ -659,6 +831,11 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
         if "automl" in spec.train.models:
             raise SpecError(f"Invalid {where}: train.models: the name 'automl' is taken by the AutoML model; "
                             "rename that model.")
+    if spec.nas is not None:
+        _check_nas(spec.nas, where)
+        if "nas" in spec.train.models:
+            raise SpecError(f"Invalid {where}: train.models: the name 'nas' is taken by the architecture-search "
+                            "model; rename that model.")
     if spec.explain is not None and spec.explain.model is not None:
         candidates = list(spec.train.models) + (["search"] if spec.search is not None else []) + (
             ["automl"] if spec.automl is not None else [])
@@ -667,6 +844,8 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
                             f"models are {candidates} (or leave it out to explain the chosen one).")
     if spec.compress is not None:
         _check_compress(spec, where)
+    if spec.remediation is not None:
+        _check_remediation(spec, where)
     for name, entry in spec.train.models.items():
         cls = model_config_class(entry.family)
         try:
@@ -679,6 +858,10 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
 def _check_data_kind(spec: PipelineSpec, where: str) -> None:
     """Image data takes image families and image options only; tabular data the tabular ones."""
     source = spec.data.source
+    if not is_image_source(source) and spec.nas is not None:
+        raise SpecError(f"Invalid {where}: nas: searches CNN architectures for images, but data.source {source!r} is "
+                        f"tabular; remove nas, use search: (hyperparameters of one family) or automl: for tabular "
+                        f"data, or a built-in image data set ({', '.join(IMAGE_SOURCES)}).")
     if not is_image_source(source):
         for name, entry in spec.train.models.items():
             if entry.family in IMAGE_FAMILIES:
@@ -690,8 +873,9 @@ def _check_data_kind(spec: PipelineSpec, where: str) -> None:
                      ("explain", spec.explain), ("evaluate.gate", spec.evaluate.gate)]
     for section, value in tabular_only:
         if value is not None:
+            hint = " (to search CNN architectures on images, use nas:)" if section in ("search", "automl") else ""
             raise SpecError(f"Invalid {where}: {section}: is tabular-only for now, and data.source {source!r} is an "
-                            f"image data set; remove {section} from the spec.")
+                            f"image data set; remove {section} from the spec{hint}.")
     data = spec.data
     for option in ("target", "sensitive", "task"):
         value = getattr(data, option)
@@ -715,6 +899,38 @@ def _check_data_kind(spec: PipelineSpec, where: str) -> None:
                             "a dense network on the pixels).")
 
 
+def _check_remediation(spec: PipelineSpec, where: str) -> None:
+    """Remediation needs tabular rows and a binary target (when the spec states the task); check the base config."""
+    section = spec.remediation
+    assert section is not None
+    source = spec.data.source
+    if is_image_source(source):
+        raise SpecError(f"Invalid {where}: remediation: fairness remediation needs tabular rows with a sensitive "
+                        f"column, and data.source {source!r} is an image data set; remove remediation, or use a "
+                        "tabular data set (adult, compas, or a CSV/Parquet file).")
+    if spec.data.task is not None and spec.data.task != "binary":
+        raise SpecError(f"Invalid {where}: remediation: needs a binary target, and data.task is "
+                        f"{spec.data.task!r}; remove remediation, or give a binary task.")
+    cls = model_config_class(section.base)
+    try:
+        cls.model_validate(section.base_params)
+    except ValidationError as exc:
+        raise _format_errors(exc, model=cls, prefix=("remediation", "base_params"), where=where) from None
+
+
+def _check_nas(section: NASSpec, where: str) -> None:
+    """Check the nas section: a known strategy (the message lists them) and strategy options nas sets itself."""
+    from modelyard.search._nas import _known_strategies
+
+    known = _known_strategies()
+    if section.strategy not in known:
+        raise SpecError(f"Invalid {where}: nas.strategy: unknown NAS strategy {section.strategy!r}; known: "
+                        f"{', '.join(known)}.")
+    if "callback" in section.options:
+        raise SpecError(f"Invalid {where}: nas.options.callback: is set by the nas step (its progress bar); "
+                        "remove it.")
+
+
 def _check_compress(spec: PipelineSpec, where: str) -> None:
     """Check the compress section: a model of this pipeline, variant names distinct."""
     from modelyard.compress._step import make_variants
@@ -722,7 +938,7 @@ def _check_compress(spec: PipelineSpec, where: str) -> None:
     section = spec.compress
     assert section is not None
     candidates = list(spec.train.models) + (["search"] if spec.search is not None else []) + (
-        ["automl"] if spec.automl is not None else [])
+        ["automl"] if spec.automl is not None else []) + (["nas"] if spec.nas is not None else [])
     if section.model != "chosen" and section.model not in candidates:
         raise SpecError(f"Invalid {where}: compress.model: no model {section.model!r} in this pipeline; give "
                         f"'chosen' or one of {candidates}.")

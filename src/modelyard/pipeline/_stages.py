@@ -846,6 +846,8 @@ class ReportStep(Step):
             summary["explain"] = ctx.read_json("explain")
         if "compress" in ctx.input_paths:
             summary["compress"] = ctx.read_json("compress")
+        if "remediation" in ctx.input_paths:
+            summary["remediation"] = ctx.read_json("remediation")
         # The evaluate step's fairness indicators (its fairness.json) and gate verdict (from blessing.json).
         for part in ("fairness", "gate"):
             if evaluation.get(part) is not None:
@@ -867,7 +869,9 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     of the data step's; the export step also reads its ``transform.json`` (extraction).
 
     On a built-in image data set the data, train, evaluate, compress and export steps are
-    those of :mod:`modelyard.pipeline._image` (same names and roles, splits as ``.npz``).
+    those of :mod:`modelyard.pipeline._image` (same names and roles, splits as ``.npz``);
+    a ``nas:`` section adds the :class:`~modelyard.pipeline._nas_step.NASStep` before the
+    train steps, its best network a candidate ``nas``.
     """
     from modelyard.pipeline import _image
 
@@ -900,6 +904,13 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
         steps.append(AutoMLStep("automl", dict(automl_cfg), dict(data_in)))
         model_inputs["model:automl"] = "automl:model.onnx"
         model_inputs["fit:automl"] = "automl:fit.json"
+    nas_cfg = resolved.get("nas")
+    if nas_cfg is not None:  # image data only (the spec refuses nas on tabular data)
+        from modelyard.pipeline._nas_step import NASStep
+
+        steps.append(NASStep("nas", dict(nas_cfg), dict(data_in)))
+        model_inputs["model:nas"] = "nas:model.safetensors"
+        model_inputs["fit:nas"] = "nas:fit.json"
     for name, model in resolved["train"]["models"].items():
         steps.append(train_step(f"train.{name}", dict(model), dict(data_in)))
         model_file = "model.safetensors" if model["family"] in TORCH_FAMILIES else "model.onnx"
@@ -928,6 +939,12 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
     if features is not None and features["method"] in FEATURE_EXTRACTION:
         export_inputs["transform"] = "features:transform.json"
     steps.append(export_step("export", dict(resolved["export"]), export_inputs))
+    remediation_cfg = resolved.get("remediation")
+    if remediation_cfg is not None:  # tabular only (the spec refuses it on image data); the data step's splits
+        from modelyard.pipeline._remediation_step import RemediationStep
+
+        steps.append(RemediationStep("remediation", dict(remediation_cfg), {
+            **{name: f"data:{name}.parquet" for name in _SPLITS}, "schema": "data:schema.json"}))
     report_inputs = {"evaluation": "evaluate:evaluation.json", "export": "export:export.json",
                      "schema": "data:schema.json", "rows": "data:rows.json"}
     if features is not None:
@@ -940,6 +957,8 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
         report_inputs["explain"] = "explain:explain.json"
     if compress_cfg is not None:
         report_inputs["compress"] = "compress:compress.json"
+    if remediation_cfg is not None:
+        report_inputs["remediation"] = "remediation:remediation.json"
     steps.append(ReportStep("report", {**resolved["report"], "pipeline": spec.name, "spec": resolved},
                             report_inputs))
     return steps

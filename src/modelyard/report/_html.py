@@ -26,6 +26,8 @@ section out or shows "—"::
           "family": str, "fit_seconds": float,
           "valid": SliceReport.to_dict(), "test": SliceReport.to_dict(),
           "roc": {"fpr": [...], "tpr": [...], "split": "test"},   # optional; binary only
+          "nas": {"strategy", "budget", "trained", "epochs", "best", "leaderboard_top",
+                  "history": [[index, accuracy], ...], ...},      # optional; the nas step's model
         },
       },
       "chosen": {"model": str, "metric": str, "split": "valid",
@@ -46,6 +48,10 @@ section out or shows "—"::
       "fairness": {"model", "split", **FairnessReport.to_dict()},    # optional: evaluate/fairness.json
       "gate": {"blessed": bool, "summary": str, "counts": {...},     # optional: the verdict and checks
                "checks": [Check.to_dict(), ...]},                     # of evaluate/blessing.json
+      "remediation": {"sensitive": str, "base": str, "constraint": str,  # optional: remediation.json
+                      "tolerance": float, "methods": [str, ...], "rows": {...},
+                      "table": [{"method", "accuracy", "demographic_parity_difference",
+                                 "equalized_odds_difference", "accuracy_cost", "fit_time_s"}, ...]},
       "steps": [{"name": str, "status": "ran" | "cached", "seconds": float}, ...],
       "card": {"intended_use": str, "out_of_scope": str,              # model card only:
                "ethical_considerations": str, "caveats": str},        # owner-written text
@@ -712,6 +718,44 @@ def _automl_section(automl: Any) -> dict[str, Any] | None:
     }
 
 
+def _nas_section(summary: Mapping[str, Any], *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``nas`` part: strategy, budget, the best network, history and the top of the leaderboard.
+
+    The nas step's summary travels with its model's entry in ``evaluation.json``
+    (``models.<name>.nas``); a top-level ``summary["nas"]`` is read first if present.
+    """
+    from modelyard.report import _plots
+
+    nas, model = summary.get("nas"), "nas"
+    if not isinstance(nas, Mapping):
+        models = summary.get("models") if isinstance(summary.get("models"), Mapping) else {}
+        found = [(str(k), v["nas"]) for k, v in models.items()
+                 if isinstance(v, Mapping) and isinstance(v.get("nas"), Mapping)]
+        if not found:
+            return None
+        model, nas = found[0]
+    best = nas.get("best") if isinstance(nas.get("best"), Mapping) else {}
+    rows = [{"index": _num(r.get("index")), "description": _text(r.get("description")),
+             "accuracy": _num(r.get("accuracy")), "params": _num(r.get("params")),
+             "mflops": "—" if _num(r.get("flops")) is None else f"{_num(r.get('flops')) / 1e6:.2f}",
+             "seconds": _num(r.get("seconds"))}
+            for r in nas.get("leaderboard_top") or [] if isinstance(r, Mapping)]
+    history = [h for h in nas.get("history") or [] if isinstance(h, (list, tuple)) and len(h) == 2]
+    out: dict[str, Any] = {
+        "model": model, "strategy": _text(nas.get("strategy")), "budget": _num(nas.get("budget")),
+        "trained": _num(nas.get("trained")), "epochs": _num(nas.get("epochs")),
+        "train_size": _num(nas.get("train_size")), "valid_size": _num(nas.get("valid_size")),
+        "seconds": _num(nas.get("seconds")), "retrained": nas.get("retrained") is True,
+        "best": {"index": _num(best.get("index")), "description": _text(best.get("description")),
+                 "accuracy": _num(best.get("accuracy")), "params": _num(best.get("params"))},
+        "rows": rows, "history_chart": None,
+    }
+    if plots and history:
+        out["history_chart"] = _plots.search_history_chart([h[0] for h in history], [h[1] for h in history],
+                                                           objective="validation accuracy", maximize=True)
+    return out
+
+
 def _curve_points(raw: Any) -> list[dict[str, Any]]:
     """Curve points with a finite k, score and size, in k order."""
     points = []
@@ -920,6 +964,81 @@ def _compress_section(compress: Any, *, plots: bool) -> dict[str, Any] | None:
     return out
 
 
+#: Figures of the remediation table and plot: key in remediation.json, short label.
+REMEDIATION_GAPS = {"demographic_parity_difference": "DPD", "equalized_odds_difference": "EOD"}
+
+
+def remediation_figure(rows: list[Mapping[str, Any]], *, sensitive: str | None = None) -> Any:
+    """The remediation trade-off plot: test accuracy against DPD (left) and against EOD (right).
+
+    ``rows`` are ``remediation.json``'s ``table``: the ``before`` row (the base model, a
+    black diamond) and one row per method (a coloured point). Drawn on a
+    :class:`matplotlib.figure.Figure` (Agg, no pyplot state); math text is off, so labels
+    from data print as given.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    palette = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, (key, label) in zip(axes, REMEDIATION_GAPS.items()):
+            ax.grid(color="#e4e7eb", zorder=0)
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+            j = 0
+            for row in rows:
+                x, y = _num(row.get(key)), _num(row.get("accuracy"))
+                if x is None or y is None:
+                    continue
+                name = str(row.get("method"))
+                if name == "before":
+                    ax.scatter([x], [y], marker="D", s=45, color="#1f2933", zorder=5, label="before (base model)")
+                    continue
+                ax.scatter([x], [y], marker="o", s=50, color=palette[j % len(palette)], edgecolors="#1f2933",
+                           linewidths=0.6, zorder=4, label=name[:40])
+                j += 1
+            ax.margins(0.12)
+            ax.set_xlim(left=0)
+            ax.set_xlabel(f"{label} on the test split (0 is parity)")
+            ax.set_title(f"Accuracy against {label}" + (f" over {sensitive}"[:60] if sensitive else ""), loc="left")
+        axes[0].set_ylabel("test accuracy")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=7)
+    return fig
+
+
+def _remediation_section(remediation: Any, *, plots: bool) -> dict[str, Any] | None:
+    """The optional ``remediation`` part (``remediation.json``): the before/after table and the trade-off plot."""
+    if not isinstance(remediation, Mapping) or not isinstance(remediation.get("table"), list):
+        return None
+    rows = [r for r in remediation["table"] if isinstance(r, Mapping)]
+    if not rows:
+        return None
+    table = [{"method": _text(r.get("method")), "before": r.get("method") == "before",
+              "accuracy": _num(r.get("accuracy")), "cost": _num(r.get("accuracy_cost")),
+              "gaps": [_num(r.get(k)) for k in REMEDIATION_GAPS], "seconds": _num(r.get("fit_time_s"))}
+             for r in rows]
+    counts = remediation.get("rows") if isinstance(remediation.get("rows"), Mapping) else {}
+    out: dict[str, Any] = {
+        "sensitive": _text(remediation.get("sensitive")), "base": _text(remediation.get("base")),
+        "constraint": _text(remediation.get("constraint")), "tolerance": _num(remediation.get("tolerance")),
+        "groups": [_text(g) for g in remediation.get("groups") or []], "test_rows": _num(counts.get("test")),
+        "gaps": list(REMEDIATION_GAPS.values()), "rows": table, "chart": None,
+        "threshold": any(r["method"] == "threshold" for r in table),
+    }
+    if plots:
+        import matplotlib
+
+        from modelyard.report import _plots
+
+        with matplotlib.rc_context(_plots._style()):
+            out["chart"] = _plots._to_data_uri(remediation_figure(rows, sensitive=out["sensitive"]))
+    return out
+
+
 def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any]:
     from modelyard import __version__
     from modelyard.report import _plots
@@ -949,12 +1068,14 @@ def _context(summary: Mapping[str, Any], *, plots: bool = True) -> dict[str, Any
         **view,
         "search": _search_section(summary.get("search"), plots=plots),
         "automl": _automl_section(summary.get("automl")),
+        "nas": _nas_section(summary, plots=plots),
         "features": _features_section(summary.get("features"), plots=plots),
         "explain": _explain_section(summary.get("explain"), plots=plots),
         "compress": _compress_section(summary.get("compress"), plots=plots),
         "intervals": _interval_charts(view, plots=plots),
         "fairness": _fairness_section(summary.get("fairness"), plots=plots),
         "gate": _gate_section(summary.get("gate")),
+        "remediation": _remediation_section(summary.get("remediation"), plots=plots),
         "title": view["pipeline"] or "modelyard run",
         "headline_metrics": headline_metrics,
         "best": {metric: _best(models, metric) for metric in headline_metrics},

@@ -20,6 +20,7 @@ comparing strategies on one data subset trains each distinct cell once).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,8 +46,10 @@ from modelyard.search._cells import (
 
 __all__ = [
     "NAS_STRATEGIES",
+    "NASNetwork",
     "NASRecord",
     "NASResult",
+    "cell_architecture",
     "nas",
     "subset",
     "train_and_score",
@@ -714,3 +717,139 @@ def _run_optuna(
             study.tell(trial, evaluate(genotype, {"trial": trial.number}))
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+# -- the best network as JSON --------------------------------------------------------------------
+
+
+def cell_architecture(
+    record: NASRecord,
+    settings: Mapping[str, Any],
+    *,
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    input_mean: float = 0.0,
+    input_std: float = 1.0,
+) -> dict[str, Any]:
+    """The architecture of a cell record of a :func:`nas` run as plain JSON data.
+
+    ``{"kind": "cell", "genotype": [[input1, op1, input2, op2], ...], "n_cells", "n_stacks",
+    "channels", "stem_stride", "n_classes", "image_shape": [C, H, W], "input_mean",
+    "input_std"}``: :class:`NASNetwork` rebuilds the (untrained) network from it. The
+    network shape comes from the run's ``settings`` (:attr:`NASResult.settings`);
+    ``input_mean`` and ``input_std`` standardize the ``[0, 1]`` pixels, as
+    :func:`train_and_score` does with the training images' statistics.
+
+    Raises
+    ------
+    ValueError
+        For a record without a genotype (network morphism: use the trained
+        ``ConvNet``'s ``config`` with ``kind: "convnet"`` instead).
+    """
+    if record.genotype is None:
+        raise ValueError(
+            f"NAS record {record.index} has no cell genotype (a network-morphism model); describe it "
+            "as {'kind': 'convnet', 'network': ConvNet.config, ...} instead."
+        )
+    return {
+        "kind": "cell",
+        "genotype": [list(b) for b in record.genotype.blocks],
+        "n_cells": int(settings["n_cells"]),
+        "n_stacks": int(settings["n_stacks"]),
+        "channels": int(settings["channels"]),
+        "stem_stride": int(settings["stem_stride"]),
+        "n_classes": int(n_classes),
+        "image_shape": [int(v) for v in image_shape],
+        "input_mean": float(input_mean),
+        "input_std": float(input_std),
+    }
+
+
+class NASNetwork(nn.Module):
+    """A searched network that takes pixels ``(N, C, H, W)`` in ``[0, 1]`` and returns logits.
+
+    It standardizes the pixels with ``input_mean`` and ``input_std`` (buffers), then runs
+    the network its ``architecture`` describes, so a saved model needs only its weights
+    and that JSON:
+
+    * ``kind: "cell"``: a :class:`CellNetwork` (see :func:`cell_architecture`);
+    * ``kind: "convnet"``: network morphism's ``ConvNet`` of ``architecture["network"]``
+      (its ``config``; it standardizes its input itself, so ``input_mean`` 0 and
+      ``input_std`` 1), with ``image_shape`` and ``n_classes``.
+
+    The cell network is built first thing after the buffers, so under
+    ``torch.manual_seed(seed)`` it gets the initialization :func:`nas` gave it.
+
+    Raises
+    ------
+    SpecError
+        On an unknown ``kind`` or a missing or invalid field.
+    """
+
+    def __init__(self, architecture: Mapping[str, Any]) -> None:
+        super().__init__()
+        try:
+            arch = json.loads(json.dumps(dict(architecture)))  # a plain copy; also checks it is JSON
+            kind = arch.get("kind")
+            shape = tuple(int(v) for v in arch["image_shape"])
+            mean, std = float(arch.get("input_mean", 0.0)), float(arch.get("input_std", 1.0))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SpecError(f"Invalid NAS architecture ({exc!r}); it needs kind, image_shape and the network.") from None
+        if len(shape) != 3 or not std > 0:
+            raise SpecError(f"Invalid NAS architecture: image_shape must be [C, H, W] and input_std > 0; "
+                            f"got {arch.get('image_shape')} and {std}.")
+        self.architecture = arch
+        self.image_shape = shape
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32))
+        try:
+            if kind == "cell":
+                self.net: nn.Module = CellNetwork(
+                    Genotype(arch["genotype"]), int(arch["n_cells"]), int(arch["n_stacks"]),
+                    int(arch["channels"]), int(arch["n_classes"]), shape[0], int(arch["stem_stride"]),
+                )
+            elif kind == "convnet":
+                from modelyard.search._conv_morphism import ConvNet
+
+                config = dict(arch["network"])
+                config["skips"] = [tuple(s) for s in config.get("skips", [])]
+                self.net = ConvNet(**config)
+                _pin_skips(self.net)
+            else:
+                raise SpecError(f"Invalid NAS architecture: unknown kind {kind!r}; use 'cell' or 'convnet'.")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"Invalid NAS architecture of kind {kind!r}: {exc!r}.") from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, n_classes)`` of pixels ``(N, C, H, W)`` in ``[0, 1]``."""
+        return self.net((x - self.input_mean) / self.input_std)
+
+
+@functools.cache
+def _pinned_skip() -> type[nn.Module]:
+    from modelyard.search._conv_morphism import ConvSkip
+
+    class PinnedSkip(ConvSkip):
+        """A morphism skip that pools to a constant size: the network's input size is fixed, so ONNX export
+        sees no shape computed from a tensor (which ``adaptive_avg_pool2d`` cannot export)."""
+
+        target: tuple[int, int]
+        resize: bool
+
+        def forward(self, h: torch.Tensor, size: Any) -> torch.Tensor:
+            if self.resize:
+                h = nn.functional.adaptive_avg_pool2d(h, self.target)  # (B, C_from, H_to, W_to)
+            return self.proj(h)  # (B, C_to_in, H_to, W_to)
+
+    return PinnedSkip
+
+
+def _pin_skips(net: nn.Module) -> None:
+    """Give each skip of a morphism ``ConvNet`` its source and target sizes (same parameters, same outputs)."""
+    pools = [bool(b.pooled) for b in net.blocks]
+    height, width = net.image_size
+    for skip in net.skips:
+        to, source = sum(pools[: skip.to_layer]), sum(pools[: skip.from_layer + 1])
+        skip.__class__ = _pinned_skip()
+        skip.target = (height >> to, width >> to)
+        skip.resize = (height >> source, width >> source) != skip.target
