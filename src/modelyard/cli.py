@@ -341,7 +341,7 @@ def _load_model_ref(ref: str, store: str | None, what: str) -> tuple[Any, Path]:
     """A predictor from a model file, a run folder, or a run id (prefix) in the metadata store."""
     from modelyard.errors import DataError
     from modelyard.evaluate._gate import resolve_model_file
-    from modelyard.models import load_predictor
+    from modelyard.pipeline._image import load_image_model
 
     p = Path(ref).expanduser()
     default_db = Path(".modelyard/metadata.db")
@@ -356,7 +356,7 @@ def _load_model_ref(ref: str, store: str | None, what: str) -> tuple[Any, Path]:
         except StoreError as exc:
             raise DataError(f"{what} {ref!r} is neither a model file, a run folder nor a run id ({exc})") from None
     path = resolve_model_file(p)
-    return load_predictor(path), path
+    return load_image_model(path), path  # any model file, the nas step's network included
 
 
 @app.command("evaluate")
@@ -574,8 +574,11 @@ def _explain_run_files(meta: Any, ref: str, split: str) -> tuple[Any, str, dict[
     model = next((files[f"{folder}/model.{ext}"] for folder in (f"train/{name}", name)
                   for ext in ("safetensors", "onnx") if f"{folder}/model.{ext}" in files), None)
     source = "features" if f"features/{split}.parquet" in files else "data"
-    paths = {"model": model, "split": files.get(f"{source}/{split}.parquet"),
-             "train": files.get(f"{source}/train.parquet")}
+    if f"data/{split}.npz" in files:  # an image run: its images, no background table
+        paths = {"model": model, "split": files[f"data/{split}.npz"]}
+    else:
+        paths = {"model": model, "split": files.get(f"{source}/{split}.parquet"),
+                 "train": files.get(f"{source}/train.parquet")}
     missing = [k for k, v in paths.items() if v is None or not v.is_file()]
     if missing:
         raise StoreError(f"Run {r.id} lacks its {', '.join(missing)} file(s) (folder {r.root} moved or deleted?); "
@@ -588,8 +591,9 @@ def explain_cmd(
     run: Annotated[str, typer.Argument(help="Run id (or a unique prefix) whose chosen model to explain.")],
     rows: Annotated[str, typer.Option("--rows", "-r", help="Comma-separated row positions in the split, "
                                       "e.g. 0,5,9.")] = "0",
-    method: Annotated[str, typer.Option("--method", "-m", help="shap, lime, ig (per row) or permutation "
-                                        "(global importances).")] = "shap",
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="Tables: shap (default), lime, ig (per "
+                                                  "row) or permutation (global importances). Images: ig, saliency "
+                                                  "or lime heatmaps (default: all three).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the plots and explain.json; "
                                                 "default ./explain-<run id>.")] = None,
     split: Annotated[str, typer.Option("--split", help="Split whose rows are explained: test or valid.")] = "test",
@@ -603,6 +607,8 @@ def explain_cmd(
     store, explains the chosen rows (SHAP: Tree SHAP for gradient boosting, exact or
     Kernel SHAP otherwise; LIME; integrated gradients for torch models) or computes
     permutation importances, prints tables and writes PNG plots and explain.json to OUT.
+    For an image run it draws, per chosen image, the heatmaps of integrated gradients,
+    gradient saliency and LIME on superpixels.
     """
     import pandas as pd
     from rich.table import Table
@@ -610,6 +616,7 @@ def explain_cmd(
 
     from modelyard.explain._step import (
         EXPLAIN_METHODS,
+        IMAGE_EXPLAIN_METHODS,
         ROW_METHODS,
         ExplainOptions,
         explain_model,
@@ -619,8 +626,9 @@ def explain_cmd(
     from modelyard.pipeline import MetadataStore
 
     known = [m for m in EXPLAIN_METHODS if m in ROW_METHODS or m == "permutation"]
-    if method not in known:
-        raise SpecError(f"Unknown --method {method!r}; known methods: {', '.join(sorted(known))}.")
+    if method is not None and method not in known + list(IMAGE_EXPLAIN_METHODS):
+        raise SpecError(f"Unknown --method {method!r}; known methods: {', '.join(sorted(known))} (tables), "
+                        f"{', '.join(IMAGE_EXPLAIN_METHODS)} (images).")
     if split not in ("test", "valid"):
         raise SpecError(f"Unknown --split {split!r}; use test or valid.")
     try:
@@ -631,6 +639,13 @@ def explain_cmd(
         raise SpecError("--rows names no row; give positions such as 0,5,9.")
     with MetadataStore(store) as meta:
         r, name, paths = _explain_run_files(meta, run, split)
+    if paths["split"].suffix == ".npz":
+        _explain_images_cmd(r, name, paths, method=method, positions=positions, split=split, seed=seed, out=out)
+        return
+    method = method or "shap"
+    if method not in known:
+        raise SpecError(f"--method {method!r} draws image heatmaps, and run {r.id} is on tables; use one of "
+                        f"{', '.join(sorted(known))}.")
     predictor = load_predictor(paths["model"])
     if method == "ig" and not getattr(predictor, "differentiable", False):
         raise SpecError(f"--method ig needs a differentiable (torch) model; run {r.id}'s model {name!r} is "
@@ -682,6 +697,38 @@ def explain_cmd(
         table.add_row(Text(str(f)), f"{v:.4g}", Text(f"[{lo:.4g}, {hi:.4g}]") if lo is not None and hi is not None
                       else "–")
     console.print(table, markup=False)
+    typer.echo(str(folder.resolve()))
+
+
+def _explain_images_cmd(r: Any, name: str, paths: dict[str, Path], *, method: str | None, positions: list[int],
+                        split: str, seed: int, out: Path | None) -> None:
+    """``modelyard explain`` on an image run: heatmaps of the chosen images, one PNG each."""
+    from rich.text import Text
+
+    from modelyard._atomic import atomic_path
+    from modelyard.data import load_image_split
+    from modelyard.explain._step import IMAGE_EXPLAIN_METHODS, ExplainOptions, explain_model, save_figures
+    from modelyard.pipeline._image import load_image_model
+
+    if method is not None and method not in IMAGE_EXPLAIN_METHODS:
+        raise SpecError(f"--method {method!r} explains table columns, and run {r.id} is on images; use one of "
+                        f"{', '.join(IMAGE_EXPLAIN_METHODS)} (or omit --method for all three).")
+    predictor = load_image_model(paths["model"])  # a cnn, or a nas step's network
+    data = load_image_split(paths["split"])
+    options = ExplainOptions(methods=(method,) if method else None, rows=tuple(positions), seed=seed)
+    result = explain_model(predictor, (data.x, data.y), options=options, model=name, split=split)
+    folder = out if out is not None else Path(f"explain-{r.id}")
+    result["plots"] = save_figures(result, folder)
+    with atomic_path(folder / "explain.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    console = _console()
+    console.print(Text(f"run {r.id} · model {name} ({type(predictor).__name__}) · {split} split, {len(data.y):,} "
+                       f"images · {', '.join(result['methods']) or 'no method'}"))
+    for s in result["skipped"]:
+        console.print(Text(f"skipped {s['method']}: {s['reason']}"))
+    image = result["image"]
+    for row, predicted, plot in zip(image["rows"], image["predicted"], result["plots"], strict=True):
+        console.print(Text(f"image {row}: predicted {predicted} → {plot['file']}"))
     typer.echo(str(folder.resolve()))
 
 
@@ -826,7 +873,7 @@ def compress_cmd(
         make_variants,
         write_outputs,
     )
-    from modelyard.models import load_predictor
+    from modelyard.pipeline._image import load_image_model
 
     if prefer not in PREFER:
         raise SpecError(f"--prefer must be one of {', '.join(PREFER)}; got {prefer!r}.")
@@ -842,7 +889,7 @@ def compress_cmd(
             entries += [v.strip() for v in arg.split(",") if v.strip()]
     parsed = make_variants(entries, where="--variants") if entries else None  # bad names fail before any work
     path = _compress_model_file(model, store)
-    predictor = load_predictor(path)
+    predictor = load_image_model(path)  # any model file, the nas step's network included
     dataset = _compress_data(data, target, predictor, valid=valid, test=test, seed=seed)
     if parsed is None:
         import torch

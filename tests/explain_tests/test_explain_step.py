@@ -230,7 +230,9 @@ def test_ig_on_a_model_without_gradients_is_skipped_with_the_reason(runs: dict[s
 
 @pytest.mark.parametrize(("explain", "message"), [
     ({"methods": ["shap", "magic"]}, ("explain.methods: unknown explain method(s) ['magic']; known: permutation, "
-                                      "shap, pdp, lime, ig")),
+                                      "shap, pdp, lime, ig, saliency")),
+    ({"methods": ["saliency"]}, "explain.methods: saliency draws heatmaps of image models, but data.source 'x.csv' "
+                                "is tabular; use ig"),
     ({"methods": "shap"}, "explain.methods: must be a list of methods, e.g. [shap]"),
     ({"rows": [0, -3]}, "explain.rows: row positions must be integers >= 0; got [-3]"),
     ({"rows": 4}, "explain.rows: must be a list of row positions, e.g. [4]"),

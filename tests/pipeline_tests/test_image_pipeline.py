@@ -26,7 +26,7 @@ from modelyard.pipeline._spec import parse_spec
 from ._synthetic import make_csv, write_spec
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "fashion_mnist.yaml"
-STEPS = ["data", "train.cnn", "evaluate", "compress", "export", "report"]
+STEPS = ["data", "train.cnn", "evaluate", "explain", "compress", "export", "report"]
 SUBSAMPLE = {"train": 3000, "valid": 500, "test": 1000, "seed": 0}
 
 needs_data = pytest.mark.skipif(
@@ -41,6 +41,7 @@ def _spec(path: Path) -> Path:
         "train": {"models": {"cnn": {"family": "cnn", "channels": [4, 8], "hidden_sizes": [32], "max_epochs": 1,
                                      "batch_size": 32, "lr": 0.003}}},
         "evaluate": {"bootstrap": 20},
+        "explain": {"rows": [0, 7], "ig_steps": 16, "lime_samples": 300},
         "compress": {"variants": ["dynamic_int8", "static_int8"], "repeats": 3, "warmup": 1, "batch_sizes": [1, 16],
                      "calibration_rows": 128},
         "export": {"parity_rows": 300},
@@ -174,6 +175,39 @@ def test_compress_table_lists_the_variants(runs: tuple) -> None:
 
 
 @needs_data
+def test_explain_step_draws_heatmaps_of_the_chosen_images(runs: tuple) -> None:
+    from modelyard import explain as ex
+    from modelyard.data import load_image_split
+
+    root = runs[0].root
+    result = json.loads((root / "explain" / "explain.json").read_text())
+    assert result["methods"] == ["ig", "saliency", "lime"] and result["skipped"] == []
+    test = load_image_split(root / "data" / "test.npz")
+    model, x = _trained(root), test.x[[0, 7]]
+    predicted = model.predict_proba(x).argmax(axis=1)
+    for key in ("ig", "saliency", "lime_image"):
+        assert result[key]["rows"] == [0, 7] and result[key]["target"] == predicted.tolist()
+    # The step's heatmaps are the library's on the same images (independent calls; JSON keeps float64).
+    ig = ex.integrated_gradients(model, x, target=predicted, steps=16)
+    np.testing.assert_allclose(result["ig"]["heatmaps"], ig.heatmap(), rtol=0, atol=1e-7)
+    sal = ex.saliency(model, x, target=predicted)
+    np.testing.assert_allclose(result["saliency"]["heatmaps"], sal.heatmap(), rtol=0, atol=1e-7)
+    lime = ex.lime_image(model, x, target=predicted, n_samples=300, random_state=0)
+    np.testing.assert_allclose(result["lime_image"]["heatmaps"], lime.heatmaps, rtol=0, atol=1e-9)  # seeded: same
+    # Completeness of integrated gradients: each heatmap sums to F(x) - F(black) up to the recorded gap,
+    # and the gap is small at 16 Gauss-Legendre points (1e-2 of a probability).
+    totals = np.asarray(result["ig"]["heatmaps"]).sum(axis=(1, 2))
+    change = np.asarray(result["ig"]["predictions"]) - np.asarray(result["ig"]["base_values"])
+    np.testing.assert_allclose(totals - change, result["ig"]["delta"], rtol=0, atol=1e-5)
+    assert np.abs(result["ig"]["delta"]).max() < 1e-2
+    assert [p["file"] for p in result["plots"]] == ["image_row_0.png", "image_row_7.png"]
+    assert all((root / "explain" / p["file"]).read_bytes()[:4] == b"\x89PNG" for p in result["plots"])
+    html = (root / "report.html").read_text()
+    section = html[html.index('<section id="explain">'):]
+    section = section[:section.index("</section>")]
+    assert "Image attributions" in section and section.count('<img src="data:image/png') == 2
+
+
 def test_second_run_is_fully_cached(runs: tuple) -> None:
     first, second = runs
     assert [s.status for s in second.steps] == ["cached"] * len(STEPS)
@@ -252,7 +286,7 @@ IMAGE = {"name": "x", "data": {"source": "fashion_mnist"}}
     ({"features": {"method": "pca"}}, r"features: is tabular-only for now"),
     ({"search": {"trials": 2}}, r"search: is tabular-only for now"),
     ({"automl": {"time_budget": 5}}, r"automl: is tabular-only for now"),
-    ({"explain": {}}, r"explain: is tabular-only for now"),
+    ({"explain": {"methods": ["ig", "shap"]}}, r"explain.methods: \['shap'\] explain table columns.*ig, saliency, lime"),
     ({"evaluate": {"gate": {"thresholds": {"accuracy": {"min": 0.5}}}}}, r"evaluate.gate: is tabular-only"),
     ({"train": {"models": {"m": {"family": "mlp"}}}}, r"train.models.m.family: 'mlp' trains on tabular rows.*cnn"),
     ({"data": {"source": "fashion_mnist", "target": "y"}}, r"data.target: is a tabular option"),
@@ -287,3 +321,24 @@ def test_cli_run_rejects_a_tabular_option_on_images(tmp_path: Path, capsys: pyte
     assert main(["run", str(spec)]) != 0
     assert "features: is tabular-only for now" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # validated before anything ran
+
+
+def test_cli_explain_draws_the_heatmaps_of_an_image_run(runs: tuple, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from modelyard.cli import main
+
+    run = runs[0]
+    store = f"sqlite:///{run.root.parent.parent / 'meta.db'}"
+    out = tmp_path / "ex"
+    assert main(["explain", run.run_id, "--rows", "7", "--method", "saliency", "--store", store, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "image 7: predicted" in printed and "image_row_7.png" in printed
+    result = json.loads((out / "explain.json").read_text())
+    step = json.loads((run.root / "explain" / "explain.json").read_text())
+    assert result["methods"] == ["saliency"]
+    np.testing.assert_allclose(result["saliency"]["heatmaps"][0], step["saliency"]["heatmaps"][1], rtol=0,
+                               atol=1e-7)  # the step explained rows [0, 7]: the same image, the same map
+    assert (out / "image_row_7.png").is_file()
+    bad = tmp_path / "bad"
+    assert main(["explain", run.run_id, "--method", "shap", "--store", store, "--out", str(bad)]) != 0
+    assert "explains table columns" in capsys.readouterr().err and not bad.exists()

@@ -14,6 +14,7 @@ from pipeline_tests._synthetic import make_csv
 
 from modelyard import data as mydata
 from modelyard.explain._step import ExplainOptions, explain_model, explanation_figures
+from modelyard.errors import DataError
 from modelyard.report import render_html
 
 from ._summary import SCRIPT_COLUMN, make_summary
@@ -117,11 +118,23 @@ def test_image_model_integrated_gradients_heatmaps(tmp_path: Path) -> None:
     np.testing.assert_allclose(total - (np.array(ig["predictions"]) - np.array(ig["base_values"])), ig["delta"],
                                rtol=0, atol=1e-5)
     names = [name for name, _, _ in explanation_figures(result)]
-    assert names == ["ig_heatmap_0.png", "ig_heatmap_2.png"]
+    assert names == ["image_row_0.png", "image_row_2.png"]  # one figure per image, a panel per method
+    assert result["methods"] == ["ig", "saliency", "lime"]
     summary = make_summary()
     summary["explain"] = result
     section = _section(render_html(summary))
     assert 'id="explain-ig"' in section and len(re.findall(r'<img src="data:image/png', section)) == 2
+    assert "Per-row explanations" not in section  # image rows have heatmaps, no tables
+
+    # Without gradients (the ONNX export) the gradient methods are skipped with the reason; LIME still runs.
+    from modelyard.compress import export_onnx
+    from modelyard.models import load_predictor
+
+    onnx = load_predictor(export_onnx(model, tmp_path / "m.onnx", sample=x[:4]).path)
+    result = explain_model(onnx, (x[40:], y[40:]), options=ExplainOptions(rows=(0,), lime_samples=200), model="img")
+    assert result["methods"] == ["lime"] and [s["method"] for s in result["skipped"]] == ["ig", "saliency"]
+    with pytest.raises(DataError, match=r"\['shap'\] explain table columns.*ig, saliency, lime"):
+        explain_model(model, (x, y), options=ExplainOptions(methods=("shap",)), model="img")
 
 
 def test_model_card_lists_the_top_permutation_importances(explained: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ __all__ = ["EXPLAIN_METHODS", "ROW_METHODS", "ExplainOptions", "explain_model", 
 
 #: Methods the step and the CLI know.
 EXPLAIN_METHODS = ("permutation", "shap", "pdp", "lime", "ig")
+#: Methods for an image model: one heatmap per chosen image each (``lime`` on superpixels).
+IMAGE_EXPLAIN_METHODS = ("ig", "saliency", "lime")
 #: Methods that explain single rows (the others are global).
 ROW_METHODS = ("shap", "lime", "ig")
 
@@ -600,25 +602,59 @@ def _row_entries(result: dict[str, Any], frame: pd.DataFrame, chosen: list[int],
 
 def _explain_images(predictor: Any, data: Any, *, options: ExplainOptions, model: str, family: str | None,
                     split: str) -> dict[str, Any]:
-    """Integrated-gradients heatmaps of chosen images (an image model has no tabular methods)."""
-    from modelyard.explain import integrated_gradients
+    """Attribution heatmaps of chosen images: integrated gradients, gradient saliency, LIME superpixels.
+
+    Every method explains the class the model predicts for the image. Gradient methods
+    need a torch model; on another (an ONNX file) they are skipped with the reason and
+    LIME, which only calls ``predict_proba``, still runs.
+    """
+    from modelyard import explain as ex
 
     images, labels = data
     images = np.asarray(images)
     chosen = check_rows(options.rows, len(images), split)
-    ig = integrated_gradients(predictor, images[chosen], steps=options.ig_steps)
-    heat = ig.heatmap()
+    methods = list(options.methods or IMAGE_EXPLAIN_METHODS)
+    tabular = [m for m in methods if m not in IMAGE_EXPLAIN_METHODS]
+    if tabular:
+        raise DataError(f"explain: {tabular} explain table columns, and model {model!r} reads images; the methods for "
+                        f"images are {', '.join(IMAGE_EXPLAIN_METHODS)}.")
+    x = images[chosen]
+    target = np.asarray(predictor.predict_proba(x)).argmax(axis=1)
     classes = [str(c) for c in getattr(predictor, "classes", [])] or None
+    differentiable = bool(getattr(predictor, "differentiable", False))
+    skipped: list[dict[str, str]] = []
+    done: list[str] = []
+    out: dict[str, Any] = {}
+    for method in methods:
+        if method in ("ig", "saliency") and not differentiable:
+            skipped.append({"method": method, "reason": f"{type(predictor).__name__} has no gradients (an ONNX "
+                            "file); gradient methods need the torch model (.safetensors). lime works on any model."})
+            continue
+        if method == "ig":
+            ig = ex.integrated_gradients(predictor, x, target=target, steps=options.ig_steps)
+            out["ig"] = {"method": "integrated_gradients", "rows": chosen, "images": x, "heatmaps": ig.heatmap(),
+                         "target": ig.target, "predictions": ig.output, "base_values": ig.baseline_output,
+                         "delta": ig.delta, "labels": [int(labels[r]) for r in chosen] if labels is not None else None,
+                         "classes": classes, "steps": options.ig_steps}
+        elif method == "saliency":
+            sal = ex.saliency(predictor, x, target=target, absolute=True)
+            out["saliency"] = {"method": "saliency", "rows": chosen, "heatmaps": sal.heatmap(), "target": sal.target}
+        else:
+            lime = ex.lime_image(predictor, x, target=target, n_samples=options.lime_samples,
+                                 random_state=options.seed)
+            out["lime_image"] = {"method": "lime", "rows": chosen, "heatmaps": lime.heatmaps, "target": lime.targets,
+                                 "scores": lime.scores, "segments": [int(s.max()) + 1 for s in lime.segments],
+                                 "n_samples": options.lime_samples}
+        done.append(method)
+    predicted = [classes[int(t)] if classes else int(t) for t in target]
     return _jsonable({
         "model": model, "family": family, "predictor": type(predictor).__name__, "task": "multiclass",
-        "split": split, "n_rows": len(images), "methods": ["ig"], "skipped": [], "seed": options.seed,
-        "ig": {"method": "integrated_gradients", "rows": chosen, "images": images[chosen], "heatmaps": heat,
-               "target": ig.target, "predictions": ig.output, "base_values": ig.baseline_output, "delta": ig.delta,
-               "labels": [int(labels[r]) for r in chosen] if labels is not None else None, "classes": classes,
-               "steps": options.ig_steps},
-        "rows": [{"row": r, "predicted": (classes[int(t)] if classes else int(t)), "explanations": {}}
-                 for r, t in zip(chosen, ig.target, strict=True)],
-        "row_method": "ig",
+        "split": split, "n_rows": len(images), "methods": done, "skipped": skipped, "seed": options.seed,
+        "image": {"rows": chosen, "images": x, "predicted": predicted, "classes": classes,
+                  "labels": [int(labels[r]) for r in chosen] if labels is not None else None},
+        **out,
+        "rows": [{"row": r, "predicted": p, "explanations": {}} for r, p in zip(chosen, predicted, strict=True)],
+        "row_method": done[0] if done else None,
     })
 
 
@@ -741,6 +777,36 @@ def _heatmap_figure(ig: Mapping[str, Any], i: int) -> Any:
     return fig
 
 
+_IMAGE_TITLES = {"ig": "integrated gradients", "saliency": "gradient saliency", "lime_image": "LIME superpixels"}
+
+
+def _image_row_figure(image: Mapping[str, Any], parts: list[tuple[str, Mapping[str, Any]]], i: int) -> Any:
+    """One chosen image and, beside it, each method's heatmap of the predicted class."""
+    from matplotlib.figure import Figure
+
+    from modelyard.explain._plots import plot_image_heatmap
+
+    pixels = np.asarray(image["images"][i], dtype=np.float64)
+    fig = Figure(figsize=(3.0 * (1 + len(parts)), 3.3))
+    axes = fig.subplots(1, 1 + len(parts), squeeze=False)[0]
+    shown = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+    axes[0].imshow(shown / (255.0 if shown.max() > 1.0 else 1.0), cmap="gray" if shown.ndim == 2 else None)
+    axes[0].set_axis_off()
+    labels, classes = image.get("labels"), image.get("classes")
+    truth = ""
+    if labels is not None:
+        truth = f"\ntrue {_short(classes[labels[i]] if classes else labels[i], 16)}"
+    axes[0].set_title(f"Image {image['rows'][i]}: predicted {_short(image['predicted'][i], 16)}{truth}", fontsize=8)
+    for ax, (key, part) in zip(axes[1:], parts, strict=True):
+        plot_image_heatmap(pixels, np.asarray(part["heatmaps"][i], dtype=np.float64), ax=ax)
+        title = _IMAGE_TITLES[key]
+        if key == "lime_image" and part.get("scores") is not None:
+            title += f" (R² {float(part['scores'][i]):.2f})"
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:32] or "x"
 
@@ -781,10 +847,18 @@ def explanation_figures(result: Mapping[str, Any]) -> list[tuple[str, str, Any]]
                     continue
                 out.append((f"row_{row['row']}_{method}.png", f"Row {row['row']} ({method})",
                             _row_figure(row, method)))
-        ig = result.get("ig")
-        if ig and "heatmaps" in ig:
-            for i, r in enumerate(ig["rows"]):
-                out.append((f"ig_heatmap_{r}.png", f"Integrated gradients, row {r}", _heatmap_figure(ig, i)))
+        image = result.get("image")
+        if isinstance(image, Mapping):
+            parts = [(k, result[k]) for k in ("ig", "saliency", "lime_image") if isinstance(result.get(k), Mapping)]
+            for i, r in enumerate(image["rows"]):
+                if parts:
+                    names = ", ".join(_IMAGE_TITLES[k] for k, _ in parts)
+                    out.append((f"image_row_{r}.png", f"Image {r}: {names}", _image_row_figure(image, parts, i)))
+        else:  # a result written before image rows had several methods: integrated gradients only
+            ig = result.get("ig")
+            if ig and "heatmaps" in ig:
+                for i, r in enumerate(ig["rows"]):
+                    out.append((f"ig_heatmap_{r}.png", f"Integrated gradients, row {r}", _heatmap_figure(ig, i)))
     return out
 
 

@@ -16,6 +16,9 @@ shapes:
   (the slice ``class``); the same ``evaluation.json`` shape as for tabular data.
 * ``compress``: :func:`~modelyard.compress._step.compress_variants` on the image splits
   (measured per true class); the same outputs as the tabular compress step.
+* ``explain``: heatmaps of chosen images of a split for the chosen (or named) model:
+  integrated gradients, gradient saliency and LIME on superpixels, one PNG per image
+  and ``explain.json`` (:func:`~modelyard.explain._step.explain_model`).
 * ``export``: ``model.onnx`` with one input ``image`` (float32 ``[N, C, H, W]`` in
   ``[0, 1]``) and output ``probabilities``, parity checked on test images.
 
@@ -35,11 +38,11 @@ import time
 from typing import Any, ClassVar
 
 from modelyard.errors import DataError, SpecError
-from modelyard.pipeline._stages import _SPLITS, CompressStep, DataStep, _jsonable
+from modelyard.pipeline._stages import _SPLITS, CompressStep, DataStep, ExplainStep, _jsonable
 from modelyard.pipeline._step import Step, StepContext
 
-__all__ = ["IMAGE_SLICE", "ImageCompressStep", "ImageDataStep", "ImageEvaluateStep", "ImageExportStep",
-           "ImageTrainStep", "image_report", "load_image_model", "read_image_split"]
+__all__ = ["IMAGE_SLICE", "ImageCompressStep", "ImageDataStep", "ImageEvaluateStep", "ImageExplainStep",
+           "ImageExportStep", "ImageTrainStep", "image_report", "load_image_model", "read_image_split"]
 
 #: The slice of an image evaluation: one group per true class.
 IMAGE_SLICE = "class"
@@ -248,6 +251,32 @@ class ImageEvaluateStep(_ImageStep, Step):
                        "family": out[chosen]["family"]},
         }))
         ctx.record(chosen=chosen, **{f"test_{metric}_{n}": out[n]["test"]["overall"].get(metric) for n in out})
+
+
+class ImageExplainStep(_ImageStep, ExplainStep):
+    """The explain step on image splits: IG, saliency and LIME heatmaps of the chosen images."""
+
+    def run(self, ctx: StepContext) -> None:
+        from modelyard.explain._step import explain_model, ExplainOptions, save_figures
+
+        config = self.config
+        evaluation = ctx.read_json("evaluation")
+        name = config.get("model") or evaluation["chosen"]["model"]
+        role = f"model:{name}"
+        if role not in ctx.input_paths:
+            known = sorted(r.removeprefix("model:") for r in ctx.input_paths if r.startswith("model:"))
+            raise SpecError(f"explain.model: no model {name!r} in this pipeline; models are {known}.")
+        split = config.get("split", "test")
+        data = read_image_split(ctx, "split")
+        predictor = load_image_model(ctx.input(role))  # a cnn, or the nas step's network
+        options = ExplainOptions.from_config(config)
+        bar = ctx.progress(f"explaining {name} ({len(options.rows)} image(s))", 1)
+        result = explain_model(predictor, (data.x, data.y), options=options, model=name, split=split,
+                               family=(evaluation.get("models", {}).get(name) or {}).get("family"))
+        bar(completed=1)
+        result["plots"] = save_figures(result, ".", output=ctx.output)
+        ctx.write_json("explain.json", result)
+        ctx.record(model=name, methods=",".join(result["methods"]), rows=len(result["rows"]))
 
 
 class ImageCompressStep(_ImageStep, CompressStep):

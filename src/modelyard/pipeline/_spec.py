@@ -492,7 +492,9 @@ class FeaturesSpec(_Strict):
 
 
 #: Explanation methods a spec can name (:data:`modelyard.explain._step.EXPLAIN_METHODS`).
-EXPLAIN_METHODS = ("permutation", "shap", "pdp", "lime", "ig")
+EXPLAIN_METHODS = ("permutation", "shap", "pdp", "lime", "ig", "saliency")
+#: Methods for image models (:data:`modelyard.explain._step.IMAGE_EXPLAIN_METHODS`).
+IMAGE_EXPLAIN_METHODS = ("ig", "saliency", "lime")
 
 
 class ExplainSpec(_Strict):
@@ -502,8 +504,9 @@ class ExplainSpec(_Strict):
     a small k-means summary of training rows.
     """
 
-    methods: list[str] | None = Field(None, min_length=1, description="permutation, shap, pdp, lime, ig; default: "
-                                      "permutation, shap, pdp, and ig for a differentiable (torch) model.")
+    methods: list[str] | None = Field(None, min_length=1, description="Tabular: permutation, shap, pdp, lime, ig; "
+                                      "default permutation, shap, pdp, and ig for a differentiable (torch) model. "
+                                      "Images: ig, saliency, lime (heatmaps per image); default all three.")
     rows: list[int] = Field(default_factory=lambda: [0], description="Positions in the split explained one by "
                             "one (per-row tables and plots), e.g. [0, 5, 9].")
     model: str | None = Field(None, description="Model to explain; default: the one the evaluate step chose.")
@@ -862,7 +865,12 @@ def _check_data_kind(spec: PipelineSpec, where: str) -> None:
         raise SpecError(f"Invalid {where}: nas: searches CNN architectures for images, but data.source {source!r} is "
                         f"tabular; remove nas, use search: (hyperparameters of one family) or automl: for tabular "
                         f"data, or a built-in image data set ({', '.join(IMAGE_SOURCES)}).")
+    explain_methods = (spec.explain.methods or []) if spec.explain is not None else []
     if not is_image_source(source):
+        if "saliency" in explain_methods:
+            raise SpecError(f"Invalid {where}: explain.methods: saliency draws heatmaps of image models, but "
+                            f"data.source {source!r} is tabular; use ig (integrated gradients) for a torch model's "
+                            "columns, or shap/lime/permutation.")
         for name, entry in spec.train.models.items():
             if entry.family in IMAGE_FAMILIES:
                 raise SpecError(f"Invalid {where}: train.models.{name}.family: {entry.family!r} trains on images, but "
@@ -870,12 +878,17 @@ def _check_data_kind(spec: PipelineSpec, where: str) -> None:
                                 f"({', '.join(IMAGE_SOURCES)}) or a tabular family (mlp, gbm, lattice).")
         return
     tabular_only = [("features", spec.features), ("search", spec.search), ("automl", spec.automl),
-                     ("explain", spec.explain), ("evaluate.gate", spec.evaluate.gate)]
+                     ("evaluate.gate", spec.evaluate.gate)]
     for section, value in tabular_only:
         if value is not None:
             hint = " (to search CNN architectures on images, use nas:)" if section in ("search", "automl") else ""
             raise SpecError(f"Invalid {where}: {section}: is tabular-only for now, and data.source {source!r} is an "
                             f"image data set; remove {section} from the spec{hint}.")
+    not_image = [m for m in explain_methods if m not in IMAGE_EXPLAIN_METHODS]
+    if not_image:
+        raise SpecError(f"Invalid {where}: explain.methods: {not_image} explain table columns, but data.source "
+                        f"{source!r} is an image data set; give methods among {', '.join(IMAGE_EXPLAIN_METHODS)} "
+                        "(heatmaps per image), or omit methods for all three.")
     data = spec.data
     for option in ("target", "sensitive", "task"):
         value = getattr(data, option)

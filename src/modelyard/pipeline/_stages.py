@@ -921,7 +921,11 @@ def build_steps(spec: PipelineSpec, resolved: dict[str, Any]) -> list[Step]:
                                                       "test": f"{source}:test.{ext}",
                                                       "schema": f"{source}:schema.json", **model_inputs}))
     explain_cfg = resolved.get("explain")
-    if explain_cfg is not None:
+    if explain_cfg is not None and image:  # heatmaps of images: the split's .npz, no background table
+        steps.append(_image.ImageExplainStep("explain", dict(explain_cfg), {
+            "evaluation": "evaluate:evaluation.json", "split": f"{source}:{explain_cfg['split']}.npz",
+            **{k: v for k, v in model_inputs.items() if k.startswith("model:")}}))
+    elif explain_cfg is not None:
         steps.append(ExplainStep("explain", dict(explain_cfg), {
             "evaluation": "evaluate:evaluation.json", "split": f"{source}:{explain_cfg['split']}.parquet",
             "train": f"{source}:train.parquet", "schema": f"{source}:schema.json",

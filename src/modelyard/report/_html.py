@@ -866,7 +866,8 @@ def _explain_section(explain: Any, *, plots: bool) -> dict[str, Any] | None:
             parts.append({"method": _text(method), "output": _text(part.get("output")),
                           "base_value": _num(part.get("base_value")), "prediction": _num(part.get("prediction")),
                           "delta": _num(part.get("delta")), "contributions": contribs})
-        rows.append({"row": _text(r.get("row")), "predicted": _text(r.get("predicted")), "parts": parts})
+        if parts:  # image rows carry heatmaps (charts), not tables
+            rows.append({"row": _text(r.get("row")), "predicted": _text(r.get("predicted")), "parts": parts})
     out: dict[str, Any] = {
         "model": _text(explain.get("model")), "family": _text(explain.get("family")),
         "split": _text(explain.get("split")) or "test", "methods": [_text(m) for m in explain.get("methods") or []],
@@ -878,7 +879,7 @@ def _explain_section(explain: Any, *, plots: bool) -> dict[str, Any] | None:
         "shap_method": _text(shap.get("method")) if shap else None,
         "shap_rows": len(shap.get("rows") or []) if shap else 0,
         "shap_output": _text((shap.get("output_names") or [""])[0]) if shap else None,
-        "rows": rows, "charts": {},
+        "rows": rows, "charts": {}, "image": isinstance(explain.get("image"), Mapping),
     }
     if plots:
         from modelyard.explain._step import explanation_figures
