@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 # tests/compress_tests/_quant_data.py: pytest puts this folder on sys.path.
@@ -182,3 +183,37 @@ def test_static_int8_on_an_image_cnn(tmp_path: Path) -> None:
     assert abs(m1.overall["accuracy"] - m0.overall["accuracy"]) <= 0.03
     with pytest.raises(SchemaMismatchError, match="shape"):
         CalibrationReader.from_data(fp32, np.zeros((4, 1, 8, 8), dtype=np.uint8))
+
+
+def test_pooling_moves_before_a_monotone_activation_exactly(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from modelyard.compress._quantize import pool_before_activation, prepare_for_quantization
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(64, 1, 12, 12), dtype=np.uint8)
+    model = fit_image(ImageSplit(x[:48], np.arange(48) % 2), ImageSplit(x[48:], np.arange(16) % 2),
+                      ImageNetConfig(channels=(4, 8), hidden_sizes=(8,), max_epochs=1))
+    fp32 = tmp_path / "cnn.onnx"
+    export_onnx(model, fp32, sample=x[:8])
+    prepare_for_quantization(fp32, tmp_path / "prepared.onnx")
+    ops = _ops(tmp_path / "prepared.onnx")
+    assert [op for op in ops if op in ("Relu", "MaxPool")][:4] == ["MaxPool", "Relu", "MaxPool", "Relu"]
+    feeds = {"image": x.astype(np.float32)}
+    want = ort.InferenceSession(str(fp32)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(tmp_path / "prepared.onnx")).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, want)  # max commutes with a monotone function: bit-identical
+
+    # Not swapped: the activation's output is also read elsewhere, or the activation is not monotone.
+    def graph(act: str, shared: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node(act, ["x"], ["a"], name="act", **({"alpha": -1.0} if act == "LeakyRelu" else {})),
+                 helper.make_node("MaxPool", ["a"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+        if shared:
+            outputs.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, None))
+        return helper.make_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])], outputs))
+
+    assert pool_before_activation(graph("Relu", shared=False)) == 1
+    assert pool_before_activation(graph("Relu", shared=True)) == 0
+    assert pool_before_activation(graph("LeakyRelu", shared=False)) == 0  # alpha < 0: not monotone

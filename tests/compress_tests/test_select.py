@@ -14,7 +14,7 @@ import torch
 from _quant_data import adult_like
 
 from modelyard.compress import export_onnx
-from modelyard.compress._quantize import QUANT_KEY, QuantSpec
+from modelyard.compress._quantize import QUANT_KEY, QuantSpec, prepare_for_quantization, quantizable_nodes
 from modelyard.compress._select import (
     choose_variant,
     default_candidates,
@@ -128,7 +128,15 @@ def test_selection_writes_the_chosen_model_and_its_report(models, tmp_path: Path
         measure_options={"batch_sizes": (64,), "repeats": 20},
     )
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
-    assert set(sel.table["variant"]) == {"fp32", "dynamic-s8", "static-minmax-u8s8"}
+    variants = set(sel.table["variant"])
+    # the two candidates, and the faster of them again with its first layer in float (first_layer_float)
+    floated = variants - {"fp32", "dynamic-s8", "static-minmax-u8s8"}
+    assert len(variants) == 4 and len(floated) == 1
+    (floated,) = floated
+    assert floated.removesuffix("-float1") in ("dynamic-s8", "static-minmax-u8s8")
+    prepared = tmp_path / "prepared.onnx"
+    prepare_for_quantization(source, prepared)
+    assert sel.specs[floated]["exclude"] == [quantizable_nodes(prepared)[0]]
     row = sel.table.set_index("variant").loc[sel.chosen]
     meta = OnnxPredictor(sel.path).metadata
     if sel.chosen == "fp32":
@@ -137,7 +145,7 @@ def test_selection_writes_the_chosen_model_and_its_report(models, tmp_path: Path
         assert json.loads(meta[QUANT_KEY])["mode"] == sel.specs[sel.chosen]["mode"]
         assert row["drop"] <= 0.01 and row["p50_ratio_b64"] <= 1.0
     report = json.loads(sel.report_path.read_text())
-    assert report["chosen"] == sel.chosen and len(report["table"]) == 3 and report["reason"] == sel.reason
+    assert report["chosen"] == sel.chosen and len(report["table"]) == 4 and report["reason"] == sel.reason
 
 
 def test_per_layer_fallback_leaves_the_broken_layer_in_float(models, tmp_path: Path) -> None:

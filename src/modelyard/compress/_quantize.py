@@ -293,15 +293,68 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+#: Element-wise activations that are monotone non-decreasing: max pooling commutes with them.
+MONOTONE_ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh")
+
+
+def pool_before_activation(model: onnx.ModelProto) -> int:
+    """Rewrite ``MaxPool(act(x))`` as ``act(MaxPool(x))`` in place; return how many pairs were swapped.
+
+    Exact for a monotone non-decreasing activation (max commutes with it; padding is
+    ignored by max pooling either way), and the activation then runs on the pooled,
+    smaller tensor. It matters for int8: with a convolution left in float in front of
+    ``Conv -> Relu -> MaxPool``, ONNX Runtime moves the quantize above the pooling and
+    runs a uint8 MaxPool in NCHW layout (measured 5-7 ms at batch 64 for a 32-channel
+    28x28 map, against 0.5 ms in float); after the swap, convolution and pooling stay
+    in float's blocked layout and the quantize follows them. A pair is swapped only when
+    the activation's output feeds the pooling alone, is not a graph output, and the
+    pooling has no ``Indices`` output.
+    """
+    graph = model.graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    swapped: list[str] = []
+    nodes = list(graph.node)
+    for act in list(nodes):
+        if act.op_type not in MONOTONE_ACTIVATIONS or act.domain not in ("", "ai.onnx") or len(act.output) != 1:
+            continue
+        mid = act.output[0]
+        users = consumers.get(mid, [])
+        if mid in outputs or len(users) != 1:
+            continue
+        pool = users[0]
+        if pool.op_type != "MaxPool" or pool.domain not in ("", "ai.onnx") or list(pool.input) != [mid]:
+            continue
+        if len([o for o in pool.output if o]) != 1:
+            continue
+        x, y = act.input[0], pool.output[0]
+        pool.input[0], pool.output[0] = x, mid
+        act.input[0], act.output[0] = mid, y
+        nodes.remove(act)
+        nodes.insert(nodes.index(pool) + 1, act)  # the activation now reads the pooling's output
+        swapped.append(mid)
+    if swapped:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        kept = [v for v in graph.value_info if v.name not in swapped]  # their shape is now the pooled one
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    return len(swapped)
+
+
 def prepare_for_quantization(
     model: str | os.PathLike[str] | bytes | onnx.ModelProto, output: str | os.PathLike[str]
 ) -> bool:
     """Run ONNX Runtime's quantization pre-processing (symbolic shape inference, graph optimization).
 
     ONNX Runtime recommends it before quantizing: folded constants and fused
-    ``MatMul + Add`` give the quantizer whole layers to work on. The source's metadata
-    is kept. If pre-processing fails on a graph (shape inference does not know every
-    operator), the model is written unchanged.
+    ``MatMul + Add`` give the quantizer whole layers to work on. Then
+    :func:`pool_before_activation` swaps ``activation -> MaxPool`` pairs (an exact
+    rewrite). The source's metadata is kept. If pre-processing fails on a graph (shape
+    inference does not know every operator), the model is written otherwise unchanged.
 
     Parameters
     ----------
@@ -325,7 +378,8 @@ def prepare_for_quantization(
             prepared = onnx.load(str(done))
             ok = True
         except Exception:  # noqa: BLE001 - shape inference raises many kinds; fall back to the raw graph
-            prepared, ok = proto, False
+            prepared, ok = onnx.ModelProto.FromString(proto.SerializeToString()), False  # a copy: rewritten below
+    pool_before_activation(prepared)
     _copy_metadata(proto, prepared)
     atomic_write_bytes(output, prepared.SerializeToString())
     return ok
