@@ -115,10 +115,11 @@ def test_row_out_of_range_names_the_valid_range(runs: dict[str, Any], capsys: py
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--method", "magic"], "Unknown --method 'magic'; known methods: ig, lime, permutation, shap."),
+    (["--method", "magic"], "Unknown --method 'magic'; known methods: ig, lime, permutation, shap (tables), ig, saliency, lime (images)."),
     (["--rows", "a,b"], "--rows must be comma-separated row positions such as 0,5,9; got 'a,b'."),
     (["--split", "train"], "Unknown --split 'train'; use test or valid."),
     (["--method", "ig"], "--method ig needs a differentiable (torch) model"),
+    (["--method", "saliency"], "--method 'saliency' draws image heatmaps, and run"),
 ])
 def test_bad_input_exits_2_with_one_line(runs: dict[str, Any], capsys: pytest.CaptureFixture[str],
                                          args: list[str], message: str) -> None:
