@@ -27,3 +27,14 @@ def test_the_readme_commands_exist() -> None:
     names = {c.name for c in app.registered_commands} | {f"runs {c.name}" for c in runs_app.registered_commands}
     used = re.findall(r"^modelyard (?:--debug )?(runs \w+|\w+)", code, flags=re.MULTILINE)
     assert used and set(used) <= names, sorted(set(used) - names)
+
+
+def test_every_example_spec_is_valid() -> None:
+    from modelyard.pipeline import load_spec
+
+    examples = sorted((README.parent / "examples").glob("*.yaml"))
+    # gate.yaml (a gate file) and compress_*.yaml (variant lists for `modelyard compress --variants`) are not specs
+    specs = [p for p in examples if "name:" in p.read_text(encoding="utf-8")]
+    assert len(specs) >= 5
+    for path in specs:
+        load_spec(path)  # raises SpecError naming the field
