@@ -197,12 +197,24 @@ def test_pooling_moves_before_a_monotone_activation_exactly(tmp_path: Path) -> N
     fp32 = tmp_path / "cnn.onnx"
     export_onnx(model, fp32, sample=x[:8])
     prepare_for_quantization(fp32, tmp_path / "prepared.onnx")
-    ops = _ops(tmp_path / "prepared.onnx")
+    proto = onnx.load(str(tmp_path / "prepared.onnx"))
+    assert pool_before_activation(proto) == 2
+    onnx.save(proto, str(tmp_path / "swapped.onnx"))
+    ops = _ops(tmp_path / "swapped.onnx")
     assert [op for op in ops if op in ("Relu", "MaxPool")][:4] == ["MaxPool", "Relu", "MaxPool", "Relu"]
     feeds = {"image": x.astype(np.float32)}
     want = ort.InferenceSession(str(fp32)).run(None, feeds)[0]
-    got = ort.InferenceSession(str(tmp_path / "prepared.onnx")).run(None, feeds)[0]
+    got = ort.InferenceSession(str(tmp_path / "swapped.onnx")).run(None, feeds)[0]
     np.testing.assert_array_equal(got, want)  # max commutes with a monotone function: bit-identical
+
+    # quantize() swaps only behind the layers it leaves in float: there the pooling stays in float
+    # before the first quantize; the quantized second convolution keeps its Conv -> Relu -> MaxPool.
+    first = quantizable_nodes(tmp_path / "prepared.onnx")[0]
+    result = quantize(fp32, tmp_path / "q.onnx", x[:48], mode="static", exclude=(first,))
+    ops = _ops(result.path)
+    q = ops.index("QuantizeLinear")
+    assert ops[:q].count("MaxPool") == 1 and ops[:q].count("Conv") == 1 and "Relu" in ops[:q]
+    assert ops[q:].count("MaxPool") == 1
 
     # Not swapped: the activation's output is also read elsewhere, or the activation is not monotone.
     def graph(act: str, shared: bool) -> onnx.ModelProto:

@@ -155,6 +155,7 @@ def test_per_layer_fallback_leaves_the_broken_layer_in_float(models, tmp_path: P
         models["folder"] / "outlier.onnx", models["valid"], tmp_path / "model.int8.onnx",
         calibration=models["train"], candidates=[QuantSpec(mode="static")], budget=0.01, min_speedup=0.01,
         measure_options={"batch_sizes": (64,), "repeats": 3, "warmup": 1}, workdir=tmp_path / "work",
+        first_layer_float=False,  # the accuracy-driven fallback alone
     )
     table = sel.table.set_index("variant")
     assert table.loc["static-minmax-u8s8", "drop"] > 0.05  # the layer broke the plain variant

@@ -52,7 +52,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -297,18 +297,21 @@ def _quiet() -> Iterator[None]:
 MONOTONE_ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh")
 
 
-def pool_before_activation(model: onnx.ModelProto) -> int:
+def pool_before_activation(model: onnx.ModelProto, after: Collection[str] | None = None) -> int:
     """Rewrite ``MaxPool(act(x))`` as ``act(MaxPool(x))`` in place; return how many pairs were swapped.
 
     Exact for a monotone non-decreasing activation (max commutes with it; padding is
     ignored by max pooling either way), and the activation then runs on the pooled,
-    smaller tensor. It matters for int8: with a convolution left in float in front of
-    ``Conv -> Relu -> MaxPool``, ONNX Runtime moves the quantize above the pooling and
-    runs a uint8 MaxPool in NCHW layout (measured 5-7 ms at batch 64 for a 32-channel
-    28x28 map, against 0.5 ms in float); after the swap, convolution and pooling stay
-    in float's blocked layout and the quantize follows them. A pair is swapped only when
-    the activation's output feeds the pooling alone, is not a graph output, and the
-    pooling has no ``Indices`` output.
+    smaller tensor. :func:`quantize` applies it behind the layers it leaves in float
+    (``after``: the names of the nodes whose activation may move): with a convolution
+    left in float in front of ``Conv -> Relu -> MaxPool``, ONNX Runtime moves the
+    quantize above the pooling and runs a uint8 MaxPool in NCHW layout (measured 5-7 ms
+    at batch 64 for a 32-channel 28x28 map, against 0.5 ms in float); after the swap,
+    convolution and pooling stay in float's blocked layout and the quantize follows
+    them. Behind a quantized convolution the swap would cost speed and accuracy (its
+    ``Conv + Relu`` fusion is lost), so it is not applied there. A pair is swapped only
+    when the activation's output feeds the pooling alone, is not a graph output, and
+    the pooling has no ``Indices`` output.
     """
     graph = model.graph
     consumers: dict[str, list[Any]] = {}
@@ -316,10 +319,13 @@ def pool_before_activation(model: onnx.ModelProto) -> int:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
+    producer = {o: n.name for n in graph.node for o in n.output}
     swapped: list[str] = []
     nodes = list(graph.node)
     for act in list(nodes):
         if act.op_type not in MONOTONE_ACTIVATIONS or act.domain not in ("", "ai.onnx") or len(act.output) != 1:
+            continue
+        if after is not None and producer.get(act.input[0]) not in after:
             continue
         mid = act.output[0]
         users = consumers.get(mid, [])
@@ -351,10 +357,9 @@ def prepare_for_quantization(
     """Run ONNX Runtime's quantization pre-processing (symbolic shape inference, graph optimization).
 
     ONNX Runtime recommends it before quantizing: folded constants and fused
-    ``MatMul + Add`` give the quantizer whole layers to work on. Then
-    :func:`pool_before_activation` swaps ``activation -> MaxPool`` pairs (an exact
-    rewrite). The source's metadata is kept. If pre-processing fails on a graph (shape
-    inference does not know every operator), the model is written otherwise unchanged.
+    ``MatMul + Add`` give the quantizer whole layers to work on. The source's metadata
+    is kept. If pre-processing fails on a graph (shape inference does not know every
+    operator), the model is written unchanged.
 
     Parameters
     ----------
@@ -378,8 +383,7 @@ def prepare_for_quantization(
             prepared = onnx.load(str(done))
             ok = True
         except Exception:  # noqa: BLE001 - shape inference raises many kinds; fall back to the raw graph
-            prepared, ok = onnx.ModelProto.FromString(proto.SerializeToString()), False  # a copy: rewritten below
-    pool_before_activation(prepared)
+            prepared, ok = proto, False
     _copy_metadata(proto, prepared)
     atomic_write_bytes(output, prepared.SerializeToString())
     return ok
@@ -619,6 +623,8 @@ def quantize(
         else:
             quantized = tuple(n for n in layers if n not in exclude)
         excluded = tuple(n for n in layers if n not in quantized)
+        if excluded and spec.mode != "fp16" and pool_before_activation(prepared, after=excluded):
+            src.write_bytes(prepared.SerializeToString())  # float layers keep their pooling in float
         out_tmp = tmp_dir / "quantized.onnx"
         if spec.mode == "fp16":
             _to_float16(prepared, out_tmp, block=excluded, keep_float32=_before_first_layer(prepared))
