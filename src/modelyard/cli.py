@@ -894,7 +894,8 @@ def compress_cmd(
     if parsed is None:
         import torch
 
-        parsed = make_variants(default_variants(isinstance(getattr(predictor, "module", None), torch.nn.Module)))
+        parsed = make_variants(default_variants(isinstance(getattr(predictor, "module", None), torch.nn.Module),
+                                                image=hasattr(predictor, "image_shape")))
     if slices is None:
         schema = getattr(dataset, "schema", None)
         slices = list(schema.sensitive) if schema is not None else []

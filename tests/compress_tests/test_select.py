@@ -125,7 +125,7 @@ def test_selection_writes_the_chosen_model_and_its_report(models, tmp_path: Path
     sel = select_quantized(
         source, models["valid"], tmp_path / "model.int8.onnx", calibration=models["train"],
         candidates=[QuantSpec(mode="dynamic"), QuantSpec(mode="static")], budget=0.01,
-        measure_options={"batch_sizes": (64,), "repeats": 20},
+        measure_options={"batch_sizes": (64,), "repeats": 20}, workdir=tmp_path / "work",
     )
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
     variants = set(sel.table["variant"])
@@ -133,10 +133,12 @@ def test_selection_writes_the_chosen_model_and_its_report(models, tmp_path: Path
     floated = variants - {"fp32", "dynamic-s8", "static-minmax-u8s8"}
     assert len(variants) == 4 and len(floated) == 1
     (floated,) = floated
-    assert floated.removesuffix("-float1") in ("dynamic-s8", "static-minmax-u8s8")
+    assert floated.removesuffix("-ffirst") in ("dynamic-s8", "static-minmax-u8s8")
+    assert sel.specs[floated]["float_first"] is True
     prepared = tmp_path / "prepared.onnx"
     prepare_for_quantization(source, prepared)
-    assert sel.specs[floated]["exclude"] == [quantizable_nodes(prepared)[0]]
+    built = OnnxPredictor(sel.variant_paths[floated]).metadata  # the file records the layers left in float
+    assert quantizable_nodes(prepared)[0] in json.loads(built[QUANT_KEY])["excluded"]
     row = sel.table.set_index("variant").loc[sel.chosen]
     meta = OnnxPredictor(sel.path).metadata
     if sel.chosen == "fp32":

@@ -191,6 +191,8 @@ for _name, _spec in {
     "static_int8_per_channel": QuantSpec(mode="static", method="minmax", per_channel=True),
     "static_int8_entropy": QuantSpec(mode="static", method="entropy"),
     "static_int8_percentile": QuantSpec(mode="static", method="percentile"),
+    # the first layer (a CNN's 1- or 3-channel convolution) in float: int8 kernels are slow there
+    "static_int8_float_first": QuantSpec(mode="static", method="minmax", float_first=True),
     "fp16": QuantSpec(mode="fp16"),
 }.items():
     QUANTIZERS.register(_name)(_spec)

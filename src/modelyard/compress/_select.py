@@ -396,8 +396,8 @@ def select_quantized(
                 measurements[spec.name] = found
         if first_layer_float and len(layers) > 1:
             fastest = _fastest_int8(measurements, spec_of, ref)
-            if fastest is not None and layers[0] not in spec_of[fastest].exclude:
-                spec = spec_of[fastest].replace(exclude=(*spec_of[fastest].exclude, layers[0]))
+            if fastest is not None and not spec_of[fastest].float_first and layers[0] not in spec_of[fastest].exclude:
+                spec = spec_of[fastest].replace(float_first=True)
                 if spec.name not in measurements:
                     found = run(spec, spec.name)
                     if found is not None:

@@ -208,9 +208,12 @@ def make_variants(entries: Sequence[str | Mapping[str, Any]], *, where: str = "v
     return out
 
 
-def default_variants(torch_model: bool) -> list[str]:
-    """Variants tried when none are named: int8 and float16 quantization, plus pruning for a torch model."""
-    quantized = ["dynamic_int8", "static_int8", "fp16"]
+def default_variants(torch_model: bool, image: bool = False) -> list[str]:
+    """Variants tried when none are named: int8 and float16 quantization, plus pruning for a torch model.
+
+    An image model also tries static int8 with its first convolution in float.
+    """
+    quantized = ["dynamic_int8", "static_int8", *(["static_int8_float_first"] if image else []), "fp16"]
     return (["magnitude:0.5", "structured:0.25", "magnitude:0.5+static_int8"] if torch_model else []) + quantized
 
 
@@ -418,11 +421,11 @@ def compress_variants(
     source = Path(model) if isinstance(model, (str, Path)) else None
     predictor = load_predictor(source) if source is not None else model
     torch_model = _is_torch(predictor)
+    image = _is_image(test)
     if variants is None:
-        variants = default_variants(torch_model)
+        variants = default_variants(torch_model, image=image)
     built = [v for v in variants if isinstance(v, Variant)]
     parsed = built if len(built) == len(variants) else make_variants(list(variants))
-    image = _is_image(test)
     if metric is None:
         metric = "rmse" if getattr(predictor, "task", None) == "regression" else "accuracy"
     say = progress or (lambda _msg: None)
