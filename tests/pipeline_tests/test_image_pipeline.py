@@ -219,7 +219,7 @@ def test_example_spec_is_small() -> None:
     spec = parse_spec(yaml.safe_load(EXAMPLE.read_text()))
     assert spec.data.source == "fashion_mnist" and spec.data.subsample is not None
     assert spec.train.models["cnn"].family_config().max_epochs <= 2
-    assert [v.quantize for v in spec.compress.variants] == ["dynamic_int8", "static_int8"]
+    assert [v.quantize for v in spec.compress.variants] == ["dynamic_int8", "static_int8", "static_int8_float_first"]
 
 
 # -- splits as .npz -------------------------------------------------------------------------------------
