@@ -154,8 +154,16 @@ def test_kernel_shap_converges_to_exact_and_keeps_efficiency() -> None:
     auto = kernel_shap(model, X, rows=rows, background=bg, n_samples=100)
     assert list(auto.info["order"]) == [3] * 4  # 100 coalitions >= 1.5 x 63 terms
     np.testing.assert_array_equal(auto.values, third.values)
+    assert not auto.info["shrunk"].any()
+    # 90 < 1.5 x 63 terms, but >= 1.5 x 28 first- and second-order terms: third order, its third-order
+    # terms shrunk; closer to exact than the additive fit on the same coalitions
     few = kernel_shap(model, X, rows=rows, background=bg, n_samples=90)
-    assert list(few.info["order"]) == [1] * 4  # too few coalitions per term: additive
+    assert list(few.info["order"]) == [3] * 4 and few.info["shrunk"].all()
+    np.testing.assert_allclose(few.predictions(), truth, rtol=0, atol=1e-9)  # efficiency still exact
+    additive = kernel_shap(model, X, rows=rows, background=bg, n_samples=90, order=1)
+    assert np.abs(few.values - exact).mean() < np.abs(additive.values - exact).mean()
+    tiny = kernel_shap(model, X, rows=rows, background=bg, n_samples=40)
+    assert list(tiny.info["order"]) == [1] * 4  # < 1.5 x 28: additive
     # a feature equal in the row and every background row is a null player: 0, and it leaves the game
     const = X.assign(x6=0.5)
     bgc = Background(const.iloc[:8].reset_index(drop=True), np.ones(8))
@@ -397,3 +405,33 @@ def test_explanation_tables_background_summary_and_plots(gbm) -> None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         assert buffer.getbuffer().nbytes > 1000
+
+
+def test_shrunk_surrogate_equals_an_independent_constrained_ridge_solve() -> None:
+    from scipy.linalg import null_space
+
+    from modelyard.explain._shapley import _design, _terms, surrogate_shapley
+
+    rng = np.random.default_rng(4)
+    m, k = 6, 40
+    z = rng.random((k, m)) < 0.5
+    w, y, delta = rng.random(k) + 0.1, rng.normal(size=(k, 2)), rng.normal(size=2)
+    shrink = 0.05
+    got = surrogate_shapley(z, w, y, delta, 3, shrink=shrink)
+    # independent: theta = theta0 + N beta on the constraint sum(theta) = delta, ridge as extra rows
+    terms = _terms(m, 3)
+    a = _design(z, terms)
+    wn = w / w.sum()
+    c = shrink * np.trace((a * wn[:, None]).T @ a) / len(terms)
+    d = np.diag([float(len(t) >= 3) for t in terms])
+    n = null_space(np.ones((1, len(terms))))
+    share = np.zeros((len(terms), m))
+    for i, t in enumerate(terms):
+        share[i, list(t)] = 1.0 / len(t)
+    for r in range(2):
+        theta0 = np.full(len(terms), delta[r] / len(terms))
+        lhs = np.vstack([np.sqrt(wn)[:, None] * (a @ n), np.sqrt(c) * (d @ n)])
+        rhs = np.concatenate([np.sqrt(wn) * (y[:, r] - a @ theta0), -np.sqrt(c) * (d @ theta0)])
+        beta = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        np.testing.assert_allclose(got[:, r], share.T @ (theta0 + n @ beta), rtol=0, atol=1e-9)  # two solvers
+    np.testing.assert_allclose(got.sum(axis=0), delta, rtol=0, atol=1e-12)  # efficiency: the constraint
