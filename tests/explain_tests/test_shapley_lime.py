@@ -151,11 +151,7 @@ def test_kernel_shap_converges_to_exact_and_keeps_efficiency() -> None:
     first = kernel_shap(model, X, rows=rows, background=bg, n_samples=100, order=1)
     third = kernel_shap(model, X, rows=rows, background=bg, n_samples=100, order=3)
     assert np.abs(third.values - exact).mean() < 0.5 * np.abs(first.values - exact).mean()
-    auto = kernel_shap(model, X, rows=rows, background=bg, n_samples=100)
-    assert list(auto.info["order"]) == [3] * 4  # 100 coalitions >= 1.5 x 63 terms
-    np.testing.assert_array_equal(auto.values, third.values)
-    assert not auto.info["shrunk"].any()
-    # 90 < 1.5 x 63 terms, but >= 1.5 x 28 first- and second-order terms: third order, its third-order
+    # 90 < 3 x 63 terms, but >= 1.5 x 28 first- and second-order terms: third order, its third-order
     # terms shrunk; closer to exact than the additive fit on the same coalitions
     few = kernel_shap(model, X, rows=rows, background=bg, n_samples=90)
     assert list(few.info["order"]) == [3] * 4 and few.info["shrunk"].all()
@@ -164,6 +160,13 @@ def test_kernel_shap_converges_to_exact_and_keeps_efficiency() -> None:
     assert np.abs(few.values - exact).mean() < np.abs(additive.values - exact).mean()
     tiny = kernel_shap(model, X, rows=rows, background=bg, n_samples=40)
     assert list(tiny.info["order"]) == [1] * 4  # < 1.5 x 28: additive
+    # 9 features: 129 third-order terms; 400 coalitions (>= 3 x 129, < 2^9 - 2) take the plain fit
+    X9 = _numeric(60, 9, seed=3)
+    model9, bg9 = _interacting(9), Background(X9.iloc[:8].reset_index(drop=True), np.ones(8))
+    auto = kernel_shap(model9, X9, rows=rows, background=bg9, n_samples=400)
+    assert list(auto.info["order"]) == [3] * 4 and not auto.info["shrunk"].any()
+    np.testing.assert_array_equal(auto.values, kernel_shap(model9, X9, rows=rows, background=bg9, n_samples=400,
+                                                           order=3).values)
     # a feature equal in the row and every background row is a null player: 0, and it leaves the game
     const = X.assign(x6=0.5)
     bgc = Background(const.iloc[:8].reset_index(drop=True), np.ones(8))

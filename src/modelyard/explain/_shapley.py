@@ -35,14 +35,15 @@ constraint), with two changes measured to lower the error per model call:
   the additive fit already gets every pairwise interaction right, so the surrogate
   is third order or additive. On a 12-feature MLP of Adult it needs a fraction of
   shap's model calls for the same error (``bench/explain/RESULTS_shap_lime.md``).
-* **Hierarchical shrinkage at small budgets.** Below 1.5 coalitions per third-order
-  term (447 for M = 12) the plain third-order fit costs more variance than it removes.
-  There, while the coalitions still number 1.5 times the first- and second-order
-  terms, the third-order fit is kept with a ridge penalty on its third-order
-  coefficients only (``SHRINK_THIRD_ORDER`` times the mean diagonal of the weighted
-  Gram matrix; main effects and pairs unpenalized), a bias towards the lower-order
-  surrogate that the data can overrule. On the Adult MLP it lowered the error at 128 to
-  512 coalitions 1.3 to 2.7 times below the additive fit.
+* **Hierarchical shrinkage at small budgets.** Below about 3 coalitions per
+  third-order term (894 for M = 12) the plain third-order fit pays in variance (below
+  1.5 per term it was worse than the additive fit). There, while the coalitions still
+  number 1.5 times the first- and second-order terms, the third-order fit is kept with
+  a ridge penalty on its third-order coefficients only (``SHRINK_THIRD_ORDER`` times
+  the mean diagonal of the weighted Gram matrix; main effects and pairs unpenalized),
+  a bias towards the lower-order surrogate that the data can overrule. On the Adult
+  MLP it lowered the error at 128 to 512 coalitions 1.5 to 3 times below the additive
+  fit, and at 448 to 768 below the plain third-order fit.
 * **Stratified, de-duplicated sampling.** Each sampled size tier gets the kernel mass
   of that tier spread over its distinct coalitions, so a tier that the sampling
   exhausts gets exactly its kernel weights and the estimate converges to the exact
@@ -92,6 +93,8 @@ AUTO_TERMS_FACTOR = 1.5
 #: 512 coalitions: 0.003 to 0.03 gave errors within 10% of each other (0.01 best), and leaving
 #: the pairs unpenalized beat penalizing them (1.25e-3 against 2.23e-3 at 256 coalitions).
 SHRINK_THIRD_ORDER = 0.01
+#: The shrunk fit is used below this many coalitions per third-order term (plain fit above).
+SHRINK_BELOW_FACTOR = 3.0
 
 
 def _setup(predictor, X, rows, background, n_background, features, output, link, random_state):
@@ -451,10 +454,11 @@ def kernel_shap(
         and gives the exact values.
     order : int or "auto", default="auto"
         Highest interaction order of the surrogate: 1 is the classic additive Kernel
-        SHAP fit; ``auto`` takes 3 when the coalitions number at least 1.5 times its
-        terms (``M + C(M,2) + C(M,3)``, at most 1,500) and do not already enumerate
-        every coalition; with fewer, but at least 1.5 times ``M + C(M,2)``, 3 with its
-        third-order terms shrunk (module docstring); else 1.
+        SHAP fit; ``auto`` takes 3 when the coalitions number at least 1.5 times the
+        first- and second-order terms (``M + C(M,2)``), the third-order terms are at
+        most 1,500 and the coalitions do not already enumerate every coalition, with
+        its third-order terms shrunk below 3 coalitions per term
+        (``M + C(M,2) + C(M,3)``; module docstring); else 1.
     random_state : int or None, default=0
         Seeds the coalition sampling and the background summary.
 
@@ -499,7 +503,7 @@ def kernel_shap(
         if order == "auto":  # order 2 adds nothing to order 1 on complement-paired coalitions, so 3 or 1
             terms = _n_terms(mg, 3)
             og = 3 if mg >= 3 and k < total and AUTO_TERMS_FACTOR * _n_terms(mg, 2) <= k and terms <= MAX_SURROGATE_TERMS else 1
-            if og == 3 and AUTO_TERMS_FACTOR * terms > k:  # too few coalitions for the plain third-order fit
+            if og == 3 and SHRINK_BELOW_FACTOR * terms > k:  # too few coalitions for the plain third-order fit
                 shrink = SHRINK_THIRD_ORDER
         else:
             og = int(min(order, max(mg, 1)))
