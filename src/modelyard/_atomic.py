@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["atomic_path", "atomic_write_bytes"]
 
@@ -46,3 +47,20 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     return Path(dest)
+
+
+def directory_writer(folder: str | os.PathLike[str]) -> Any:
+    """``writer(name)``: a context manager yielding a temporary path that becomes ``folder/name`` atomically.
+
+    The same shape as a pipeline step's ``ctx.output``, so one function writes a step's
+    files and a command's files.
+    """
+    root = Path(folder)
+
+    @contextlib.contextmanager
+    def put(name: str) -> Iterator[Path]:
+        with atomic_path(root / name) as tmp:
+            yield tmp
+
+    return put
+

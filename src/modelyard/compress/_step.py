@@ -35,7 +35,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from modelyard.compress._registry import (
     BasePruner,
     parse_variant,
 )
+from modelyard._atomic import directory_writer
 from modelyard.errors import SpecError
 
 __all__ = [
@@ -678,20 +679,6 @@ def _log_formatter(label: Callable[[float], str]) -> Any:
 
 
 Writer = Callable[[str], "contextlib.AbstractContextManager[Path]"]
-
-
-def directory_writer(folder: str | Path) -> Writer:
-    """A writer for :func:`write_outputs` that writes ``folder/name`` atomically."""
-    from modelyard._atomic import atomic_path
-
-    root = Path(folder)
-
-    @contextlib.contextmanager
-    def put(name: str) -> Iterator[Path]:
-        with atomic_path(root / name) as tmp:
-            yield tmp
-
-    return put
 
 
 def write_outputs(result: CompressResult, put: Writer, *, plots: bool = True, models: bool = True) -> list[str]:

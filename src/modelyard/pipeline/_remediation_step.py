@@ -25,10 +25,11 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from modelyard._atomic import directory_writer
 from modelyard.errors import DataError, ModelyardError, SpecError
 from modelyard.pipeline._spec import REMEDIATION_BASES
 from modelyard.pipeline._stages import _read_schema, _read_split
@@ -184,20 +185,6 @@ def write_remediation(doc: dict[str, Any], put: Writer) -> list[str]:
     with put("remediation.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, facecolor="white", metadata={"Software": None})
     return list(REMEDIATION_FILES)
-
-
-def directory_writer(folder: str | Path) -> Writer:
-    """A writer for :func:`write_remediation` that writes ``folder/name`` atomically."""
-    from modelyard._atomic import atomic_path
-
-    root = Path(folder)
-
-    @contextlib.contextmanager
-    def put(name: str) -> Iterator[Path]:
-        with atomic_path(root / name) as tmp:
-            yield tmp
-
-    return put
 
 
 # -- the step ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -497,6 +498,19 @@ EXPLAIN_METHODS = ("permutation", "shap", "pdp", "lime", "ig", "saliency")
 IMAGE_EXPLAIN_METHODS = ("ig", "saliency", "lime")
 
 
+def _method_list(v: Any, known: Sequence[str], what: str) -> Any:
+    """Check a spec's list of method names: a list, every name known, none twice."""
+    if isinstance(v, str):
+        raise ValueError(f"must be a list of methods, e.g. [{v}]")  # noqa: TRY004 - pydantic reports ValueError
+    if isinstance(v, list):
+        unknown = [m for m in v if m not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} method(s) {unknown}; known: {', '.join(known)}")
+        if len(set(v)) != len(v):
+            raise ValueError("names a method twice; give each method once")
+    return v
+
+
 class ExplainSpec(_Strict):
     """Explain the chosen model after evaluation: importances, SHAP, PDP/ICE, per-row explanations.
 
@@ -530,15 +544,7 @@ class ExplainSpec(_Strict):
     @field_validator("methods", mode="before")
     @classmethod
     def _known_methods(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            raise ValueError(f"must be a list of methods, e.g. [{v}]")  # noqa: TRY004 - pydantic reports ValueError
-        if isinstance(v, list):
-            unknown = [m for m in v if m not in EXPLAIN_METHODS]
-            if unknown:
-                raise ValueError(f"unknown explain method(s) {unknown}; known: {', '.join(EXPLAIN_METHODS)}")
-            if len(set(v)) != len(v):
-                raise ValueError("names a method twice; give each method once")
-        return v
+        return _method_list(v, EXPLAIN_METHODS, "explain")
 
     @field_validator("rows", mode="before")
     @classmethod
@@ -639,15 +645,7 @@ class RemediationSpec(_Strict):
     @field_validator("methods", mode="before")
     @classmethod
     def _known_methods(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            raise ValueError(f"must be a list of methods, e.g. [{v}]")  # noqa: TRY004 - pydantic reports ValueError
-        if isinstance(v, list):
-            unknown = [m for m in v if m not in REMEDIATION_METHODS]
-            if unknown:
-                raise ValueError(f"unknown remediation method(s) {unknown}; known: {', '.join(REMEDIATION_METHODS)}")
-            if len(set(v)) != len(v):
-                raise ValueError("names a method twice; give each method once")
-        return v
+        return _method_list(v, REMEDIATION_METHODS, "remediation")
 
     @field_validator("methods")
     @classmethod
