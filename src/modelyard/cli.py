@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -133,6 +134,40 @@ def search_cmd(
     typer.echo(str(result.root))
 
 
+def _is_data_file(data: str) -> bool:
+    """Whether a DATA argument names a file (by suffix, a path separator, or an existing file)."""
+    suffixes = (".csv", ".tsv", ".gz", ".bz2", ".xz", ".parquet", ".pq")
+    return data.lower().endswith(suffixes) or "/" in data or Path(data).is_file()
+
+
+def _tabular_data(data: str, target: str | None, *, valid: float, test: float | None, seed: int,
+                  target_words: str, image_error: str, drop: Sequence[str] = ()) -> tuple[Any, bool]:
+    """``(splits, is_file)`` of a CSV/Parquet file or a tabular built-in data set, for a command on tables.
+
+    ``target_words`` finishes the "--target is required" message; ``image_error`` follows
+    "<name> is an image data set; " when DATA is an image set.
+    """
+    from modelyard import data as mydata
+    from modelyard.errors import DataError
+
+    if _is_data_file(data):
+        if not target:
+            raise SpecError(f"--target is required for a file ({data}); name {target_words}.")
+        reader = mydata.from_parquet if data.lower().endswith((".parquet", ".pq")) else mydata.from_csv
+        return reader(data, target=target, drop=tuple(drop), valid=valid, test=0.2 if test is None else test,
+                      seed=seed), True
+    if data not in mydata.DATASETS:
+        raise DataError(f"{data!r} is neither an existing file nor a built-in data set; built-ins: "
+                        f"{mydata.DATASETS.names()}.")
+    dataset = mydata.load(data, valid=valid, test=test, seed=seed)
+    if not isinstance(dataset, mydata.TabularData):
+        raise DataError(f"{data!r} is an image data set; {image_error}")
+    if target and target != dataset.schema.target:
+        raise DataError(f"Built-in data set {data!r} has target {dataset.schema.target!r}, not {target!r}; "
+                        "drop --target.")
+    return dataset, False
+
+
 @app.command("automl")
 def automl_cmd(
     data: Annotated[str, typer.Argument(help="A CSV or Parquet file, or a built-in tabular data set (adult, compas).")],
@@ -168,7 +203,6 @@ def automl_cmd(
     best_model.onnx and ensemble.onnx (one ONNX graph holding every member), each
     parity-checked against the in-memory model. Nothing is written on bad input.
     """
-    from modelyard import data as mydata
     from modelyard.errors import DataError
     from modelyard.search._automl import automl, check_automl_args
 
@@ -176,36 +210,20 @@ def automl_cmd(
     check_automl_args(names, time_budget, ensemble, strategy)
     if not 0 < valid < 1:
         raise SpecError(f"--valid must be a fraction between 0 and 1; got {valid!r}.")
-    is_file = data.lower().endswith((".csv", ".tsv", ".gz", ".bz2", ".xz", ".parquet", ".pq")) or "/" in data \
-        or Path(data).is_file()
-    if is_file:
-        if not target:
-            raise SpecError(f"--target is required for a file ({data}); name the column to predict.")
-        reader = mydata.from_parquet if data.lower().endswith((".parquet", ".pq")) else mydata.from_csv
-        dataset = reader(data, target=target, drop=drop or (), valid=valid, test=0.2 if test is None else test,
-                         seed=seed)
-    else:
-        if data not in mydata.DATASETS:
-            raise DataError(f"{data!r} is neither an existing file nor a built-in data set; built-ins: "
-                            f"{mydata.DATASETS.names()}.")
-        dataset = mydata.load(data, valid=valid, test=test, seed=seed)
-        if not isinstance(dataset, mydata.TabularData):
-            raise DataError(f"{data!r} is an image data set; automl tunes tabular models. Give a CSV, Parquet "
-                            "or tabular built-in data set.")
-        if target and target != dataset.schema.target:
-            raise DataError(f"Built-in data set {data!r} has target {dataset.schema.target!r}, not {target!r}; "
-                            "drop --target.")
-        if drop:
-            import dataclasses
+    dataset, is_file = _tabular_data(
+        data, target, valid=valid, test=test, seed=seed, drop=drop or (), target_words="the column to predict",
+        image_error="automl tunes tabular models. Give a CSV, Parquet or tabular built-in data set.")
+    if drop and not is_file:  # a file's reader dropped them already
+        import dataclasses
 
-            missing = [c for c in drop if c not in dataset.schema.feature_names]
-            if missing:
-                raise DataError(f"--drop names unknown feature columns {missing}; features are "
-                                f"{dataset.schema.feature_names}.")
-            features = tuple(c for c in dataset.schema.features if c.name not in drop)
-            dataset.schema = dataclasses.replace(dataset.schema, features=features)
-            for split in dataset.splits.values():
-                split.schema = dataset.schema
+        missing = [c for c in drop if c not in dataset.schema.feature_names]
+        if missing:
+            raise DataError(f"--drop names unknown feature columns {missing}; features are "
+                            f"{dataset.schema.feature_names}.")
+        features = tuple(c for c in dataset.schema.features if c.name not in drop)
+        dataset.schema = dataclasses.replace(dataset.schema, features=features)
+        for split in dataset.splits.values():
+            split.schema = dataset.schema
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -1060,26 +1078,13 @@ def remediate_cmd(
         raise SpecError(f"--valid must be a fraction between 0 and 1; got {valid!r}.")
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {str(out)!r} is a file; give a folder for the three files.")
-    is_file = data.lower().endswith((".csv", ".tsv", ".gz", ".parquet", ".pq")) or "/" in data or Path(data).is_file()
-    if is_file:
-        if not Path(data).is_file():
-            raise DataError(f"Data file {data!r} does not exist; give a CSV or Parquet file or a built-in data set "
-                            f"({', '.join(mydata.DATASETS.names())}).")
-        if not target:
-            raise SpecError(f"--target is required for a file ({data}); name the binary column to predict.")
-        reader = mydata.from_parquet if data.lower().endswith((".parquet", ".pq")) else mydata.from_csv
-        dataset = reader(data, target=target, valid=valid, test=0.2 if test is None else test, seed=seed)
-    else:
-        if data not in mydata.DATASETS:
-            raise DataError(f"{data!r} is neither an existing file nor a built-in data set; built-ins: "
-                            f"{mydata.DATASETS.names()}.")
-        dataset = mydata.load(data, valid=valid, test=test, seed=seed)
-        if not isinstance(dataset, mydata.TabularData):
-            raise DataError(f"{data!r} is an image data set; fairness remediation needs tabular rows with a sensitive "
-                            "column. Give a CSV, Parquet or tabular built-in data set (adult, compas).")
-        if target and target != dataset.schema.target:
-            raise DataError(f"Built-in data set {data!r} has target {dataset.schema.target!r}, not {target!r}; "
-                            "drop --target.")
+    if _is_data_file(data) and not Path(data).is_file():
+        raise DataError(f"Data file {data!r} does not exist; give a CSV or Parquet file or a built-in data set "
+                        f"({', '.join(mydata.DATASETS.names())}).")
+    dataset, _ = _tabular_data(
+        data, target, valid=valid, test=test, seed=seed, target_words="the binary column to predict",
+        image_error="fairness remediation needs tabular rows with a sensitive column. Give a CSV, Parquet or "
+                    "tabular built-in data set (adult, compas).")
     check_binary(dataset.schema, fix="Give --target a column with two values.")
     column = resolve_sensitive(dataset.schema, list(dataset.train.frame.columns), sensitive, fix="--sensitive")
     from rich.console import Console

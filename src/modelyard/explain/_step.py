@@ -900,6 +900,17 @@ def save_figures(result: Mapping[str, Any], folder: str | Path,
 # -- the pipeline step ----------------------------------------------------------------------
 
 
+def explained_model(config: Mapping[str, Any], ctx: Any) -> tuple[str, str, str | None]:
+    """``(name, input role, family)`` of the model an explain step explains: ``config["model"]`` or the chosen one."""
+    evaluation = ctx.read_json("evaluation")
+    name = config.get("model") or evaluation["chosen"]["model"]
+    role = f"model:{name}"
+    if role not in ctx.input_paths:
+        known = sorted(r.removeprefix("model:") for r in ctx.input_paths if r.startswith("model:"))
+        raise SpecError(f"explain.model: no model {name!r} in this pipeline; models are {known}.")
+    return name, role, (evaluation.get("models", {}).get(name) or {}).get("family")
+
+
 def run_explain_step(config: Mapping[str, Any], ctx: Any) -> None:
     """The body of :class:`modelyard.pipeline._stages.ExplainStep`: explain the chosen (or named) model.
 
@@ -910,13 +921,7 @@ def run_explain_step(config: Mapping[str, Any], ctx: Any) -> None:
     from modelyard.data import Schema
     from modelyard.models import load_predictor
 
-    evaluation = ctx.read_json("evaluation")
-    name = config.get("model") or evaluation["chosen"]["model"]
-    role = f"model:{name}"
-    if role not in ctx.input_paths:
-        known = sorted(r.removeprefix("model:") for r in ctx.input_paths if r.startswith("model:"))
-        raise SpecError(f"explain.model: no model {name!r} in this pipeline; models are {known}.")
-    family = (evaluation.get("models", {}).get(name) or {}).get("family")
+    name, role, family = explained_model(config, ctx)
     schema = Schema.from_dict(ctx.read_json("schema")["schema"])
     split = config.get("split", "test")
     frame = pd.read_parquet(ctx.input("split"))

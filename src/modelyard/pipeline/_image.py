@@ -257,22 +257,16 @@ class ImageExplainStep(_ImageStep, ExplainStep):
     """The explain step on image splits: IG, saliency and LIME heatmaps of the chosen images."""
 
     def run(self, ctx: StepContext) -> None:
-        from modelyard.explain._step import explain_model, ExplainOptions, save_figures
+        from modelyard.explain._step import ExplainOptions, explain_model, explained_model, save_figures
 
         config = self.config
-        evaluation = ctx.read_json("evaluation")
-        name = config.get("model") or evaluation["chosen"]["model"]
-        role = f"model:{name}"
-        if role not in ctx.input_paths:
-            known = sorted(r.removeprefix("model:") for r in ctx.input_paths if r.startswith("model:"))
-            raise SpecError(f"explain.model: no model {name!r} in this pipeline; models are {known}.")
+        name, role, family = explained_model(config, ctx)
         split = config.get("split", "test")
         data = read_image_split(ctx, "split")
         predictor = load_image_model(ctx.input(role))  # a cnn, or the nas step's network
         options = ExplainOptions.from_config(config)
         bar = ctx.progress(f"explaining {name} ({len(options.rows)} image(s))", 1)
-        result = explain_model(predictor, (data.x, data.y), options=options, model=name, split=split,
-                               family=(evaluation.get("models", {}).get(name) or {}).get("family"))
+        result = explain_model(predictor, (data.x, data.y), options=options, model=name, split=split, family=family)
         bar(completed=1)
         result["plots"] = save_figures(result, ".", output=ctx.output)
         ctx.write_json("explain.json", result)

@@ -848,11 +848,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> PipelineSpec:
     if spec.remediation is not None:
         _check_remediation(spec, where)
     for name, entry in spec.train.models.items():
-        cls = model_config_class(entry.family)
-        try:
-            cls.model_validate(entry.model_extra or {})
-        except ValidationError as exc:
-            raise _format_errors(exc, model=cls, prefix=("train", "models", name), where=where) from None
+        _check_family_config(entry.family, entry.model_extra or {}, ("train", "models", name), where)
     return spec
 
 
@@ -922,11 +918,16 @@ def _check_remediation(spec: PipelineSpec, where: str) -> None:
     if spec.data.task is not None and spec.data.task != "binary":
         raise SpecError(f"Invalid {where}: remediation: needs a binary target, and data.task is "
                         f"{spec.data.task!r}; remove remediation, or give a binary task.")
-    cls = model_config_class(section.base)
+    _check_family_config(section.base, section.base_params, ("remediation", "base_params"), where)
+
+
+def _check_family_config(family: str, params: dict[str, Any], path: tuple[str, ...], where: str) -> None:
+    """Validate config keys of a model family; an error names the field under ``path``."""
+    cls = model_config_class(family)
     try:
-        cls.model_validate(section.base_params)
+        cls.model_validate(params)
     except ValidationError as exc:
-        raise _format_errors(exc, model=cls, prefix=("remediation", "base_params"), where=where) from None
+        raise _format_errors(exc, model=cls, prefix=path, where=where) from None
 
 
 def _check_nas(section: NASSpec, where: str) -> None:
@@ -991,11 +992,7 @@ def _check_search(search: SearchSpec, where: str) -> None:
     elif search.space is not None and search.space not in ("mlp", "gbm"):
         raise SpecError(f"Invalid {where}: search.space: unknown built-in space {search.space!r}; known: "
                         "['gbm', 'mlp'], or give the params as a mapping.")
-    cls = model_config_class(search.family)
-    try:
-        cls.model_validate(search.base)
-    except ValidationError as exc:
-        raise _format_errors(exc, model=cls, prefix=("search", "base"), where=where) from None
+    _check_family_config(search.family, search.base, ("search", "base"), where)
 
 
 def _check_automl(section: AutoMLSpec, where: str) -> None:
