@@ -86,22 +86,28 @@ def test_exact_equals_the_shapley_formula_over_permutations() -> None:
     model = _interacting(5)
     bg = Background(X.iloc[:6].reset_index(drop=True), np.full(6, 1 / 6))
     e = exact_shapley(model, X, rows=[20, 21], background=bg)
+    for r, i in enumerate([20, 21]):
+        np.testing.assert_allclose(e.values[r], _shapley_by_orderings(model, bg, X.iloc[i]), rtol=0, atol=1e-10)
 
-    def v(x: pd.Series, coalition: set[int]) -> float:
+
+def _shapley_by_orderings(model: Formula, bg: Background, x: pd.Series) -> np.ndarray:
+    """The Shapley values of row ``x``: marginal contributions averaged over every ordering of the features."""
+    m = len(x)
+
+    def v(coalition: set[int]) -> float:
         frame = bg.frame.copy()
         for j in coalition:
             frame[f"x{j}"] = x.iloc[j]
         return float(bg.weights @ model.predict(frame))
 
-    for r, i in enumerate([20, 21]):
-        x, ref = X.iloc[i], np.zeros(5)
-        for order in permutations(range(5)):
-            present: set[int] = set()
-            for j in order:
-                before = v(x, present)
-                present.add(j)
-                ref[j] += v(x, present) - before
-        np.testing.assert_allclose(e.values[r], ref / math.factorial(5), rtol=0, atol=1e-10)
+    ref = np.zeros(m)
+    for order in permutations(range(m)):
+        present: set[int] = set()
+        for j in order:
+            before = v(present)
+            present.add(j)
+            ref[j] += v(present) - before
+    return ref / math.factorial(m)
 
 
 def test_exact_on_a_torch_model_uses_the_encoded_path_and_equals_raw_frames() -> None:
@@ -127,6 +133,56 @@ def test_exact_on_a_torch_model_uses_the_encoded_path_and_equals_raw_frames() ->
     np.testing.assert_allclose(fast.values, slow.values, rtol=0, atol=1e-6)
     np.testing.assert_allclose(fast.predictions(), model.predict_proba(frame.iloc[:3])[:, 1], rtol=0, atol=1e-6)
     assert fast.output_names == ["1"] and fast.values.shape == (3, 3)
+
+
+def test_each_distinct_composite_row_goes_to_the_model_once() -> None:
+    """Where the row and a background row agree on a feature, coalitions differing only there share one model row."""
+    rng = np.random.default_rng(5)
+    X = pd.DataFrame(rng.integers(0, 3, size=(50, 5)).astype(np.float64), columns=[f"x{j}" for j in range(5)])
+    inner = _interacting(5)
+    sent: list[pd.DataFrame] = []
+
+    class Counting(Formula):
+        def predict(self, frame: pd.DataFrame) -> np.ndarray:
+            sent.append(frame.copy())
+            return inner.predict(frame)
+
+    model = Counting(inner.feature_names, inner.fn)
+    bg = Background(X.iloc[:6].reset_index(drop=True), np.arange(1.0, 7.0))
+    rows = [20, 21, 22]
+    e = exact_shapley(model, X, rows=rows, background=bg)
+    # the model saw exactly what info reports, and no row twice within a call
+    assert e.info["model_rows"] == sum(len(f) for f in sent)
+    assert all(not f.duplicated().any() for f in sent)
+    # the count is the number of distinct composite rows, plus the rows themselves and the background,
+    # per group of rows with the same players (null players leave the game): brute force over every coalition
+    patterns: dict[tuple[int, ...], list[int]] = {}
+    for i in rows:
+        players = tuple(j for j in range(5) if (bg.frame.iloc[:, j] != X.iloc[i, j]).any())
+        patterns.setdefault(players, []).append(i)
+    expected = 0
+    for players, members in patterns.items():
+        seen = set()
+        for i in members:
+            x = X.iloc[i].to_numpy()
+            for b in bg.frame.to_numpy():
+                for k in range(1, 2 ** len(players) - 1):
+                    z = b.copy()
+                    z[[j for bit, j in enumerate(players) if k >> bit & 1]] = x[[j for bit, j in enumerate(players)
+                                                                                 if k >> bit & 1]]
+                    seen.add(tuple(z))
+        expected += len(seen) + len(members) + len(bg)
+    assert e.info["model_rows"] == expected
+    no_sharing = sum(2 ** len(p) - 2 for p in patterns for _ in patterns[p]) * len(bg) + len(rows) + len(bg) * len(patterns)
+    assert e.info["model_rows"] < 0.6 * no_sharing  # 3 values per feature: most (row, b) pairs agree somewhere
+    # and the values are the Shapley values: the slow reference over all orderings, no sharing
+    for r, i in enumerate(rows):
+        np.testing.assert_allclose(e.values[r], _shapley_by_orderings(inner, bg, X.iloc[i]), rtol=0, atol=1e-10)
+    # Kernel SHAP shares rows the same way and reports what it sent
+    sent.clear()
+    k = kernel_shap(model, X, rows=rows, background=bg, n_samples=20, random_state=0)
+    assert k.info["model_rows"] == sum(len(f) for f in sent)
+    np.testing.assert_allclose(k.predictions(), inner.predict(X.iloc[rows]), rtol=0, atol=1e-9)  # efficiency
 
 
 # -- Kernel SHAP ------------------------------------------------------------------------

@@ -10,7 +10,12 @@ player, whatever its encoding (a categorical column is one feature, not one per 
 encoding, so nothing is re-parsed per coalition: for our torch models it edits
 ``(x_num, x_cat)`` (:mod:`modelyard.explain._fast`), for scikit-learn predictors on the
 encoded matrix it feeds the estimator directly, and for any other predictor it builds
-raw DataFrames. Many coalitions and rows go to the model in few large calls.
+raw DataFrames. Many coalitions and rows go to the model in few large calls, and each
+distinct composite row goes once: where the explained row and a background row agree on
+a feature, coalitions that differ only in that feature build the same row, and so do
+background rows that agree outside a coalition (a k-means background keeps real
+categories, so this is common); :func:`coalition_values` evaluates it once and shares
+the output.
 
 :func:`summarize_background` condenses a large background set with k-means, as
 shap's ``kmeans`` does, keeping real categories for categorical columns.
@@ -406,13 +411,59 @@ def coalition_values(
     sub = masks[todo]
     for r0 in range(0, n, rows_per_call):
         r = np.arange(r0, min(n, r0 + rows_per_call))
+        xr = [xc[r] for xc in x_cols]
         for c0 in range(0, len(todo), coal_per_call):
             m = sub[c0 : c0 + coal_per_call]  # (c, M)
-            cols = [
-                np.where(m[None, :, j, None], xc[r][:, None, None], bc[None, None, :]).reshape(-1)
-                for j, (xc, bc) in enumerate(zip(x_cols, bg_cols, strict=True))
-            ]
-            out = game.run(cols).reshape(len(r), len(m), nb, -1)
+            out, sent = _composite_outputs(game, xr, bg_cols, m)
             v[r[:, None], todo[c0 : c0 + len(m)][None, :]] = np.einsum("rcbo,b->rco", out, w)
-            model_rows += out.shape[0] * out.shape[1] * nb
+            model_rows += sent
     return v, model_rows
+
+
+def same_as_background(x_cols: list[np.ndarray], bg_cols: list[np.ndarray]) -> np.ndarray:
+    """``(n, B, M)`` bool: does feature ``j`` of explained row ``i`` equal background row ``b``'s? (NaN equals NaN.)"""
+    out = np.empty((len(x_cols[0]), len(bg_cols[0]), len(x_cols)), dtype=bool)
+    for j, (xc, bc) in enumerate(zip(x_cols, bg_cols, strict=True)):
+        xa, ba = np.asarray(xc), np.asarray(bc)
+        out[:, :, j] = (xa[:, None] == ba[None, :]) | (pd.isna(xa)[:, None] & pd.isna(ba)[None, :])
+    return out
+
+
+def _composite_outputs(
+    game: Game, x_cols: list[np.ndarray], bg_cols: list[np.ndarray], m: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Outputs ``(r, c, B, n_outputs)`` on the composite rows of ``r`` explained rows, coalitions ``m``, all background rows.
+
+    The composite row of (i, coalition k, b) takes feature j from row i where ``m[k, j]``
+    and from b elsewhere. Each feature's values (explained and background rows together)
+    are coded as small integers, so a composite row is a tuple of codes; equal tuples are
+    one input, and the model sees each distinct one once. That happens wherever the row
+    and a background row agree on a feature, two background rows agree outside the
+    coalition, or two explained rows agree on it. Returns the outputs and how many rows
+    went to the model.
+    """
+    n_r, n_c, n_b = len(x_cols[0]), len(m), len(bg_cols[0])
+    codes_x, codes_b, radix = [], [], []
+    for xc, bc in zip(x_cols, bg_cols, strict=True):
+        codes, uniques = pd.factorize(np.concatenate([np.asarray(xc), np.asarray(bc)]), use_na_sentinel=False)
+        codes_x.append(codes[:n_r])
+        codes_b.append(codes[n_r:])
+        radix.append(len(uniques))
+    if all(r == n_r + n_b for r in radix):  # every value differs from every other: no two composite rows agree
+        cols = [np.where(m[None, :, j, None], xc[:, None, None], bc[None, None, :]).reshape(-1)
+                for j, (xc, bc) in enumerate(zip(x_cols, bg_cols, strict=True))]  # fmt: skip
+        return game.run(cols).reshape(n_r, n_c, n_b, -1), n_r * n_c * n_b
+    code = np.stack(
+        [np.where(m[None, :, j, None], cx[:, None, None], cb[None, None, :]).reshape(-1)
+         for j, (cx, cb) in enumerate(zip(codes_x, codes_b, strict=True))], axis=1)  # fmt: skip  (N, M)
+    if float(np.prod(np.asarray(radix, dtype=np.float64))) < 2.0**62:  # one int64 key per row, mixed radix
+        strides = np.cumprod([1, *radix[:-1]]).astype(np.int64)
+        keys = code.astype(np.int64) @ strides
+    else:  # many features: the row of codes as one byte string
+        raw = np.ascontiguousarray(code.astype(np.uint16 if max(radix) < 2**16 else np.int64))
+        keys = raw.view(np.dtype((np.void, raw.shape[1] * raw.itemsize))).reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    ri, ci, bi = np.unravel_index(first, (n_r, n_c, n_b))
+    cols = [np.where(m[ci, j], xc[ri], bc[bi]) for j, (xc, bc) in enumerate(zip(x_cols, bg_cols, strict=True))]
+    out = game.run(cols)
+    return out[inverse.reshape(-1)].reshape(n_r, n_c, n_b, -1), len(first)

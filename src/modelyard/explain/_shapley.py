@@ -8,7 +8,8 @@ Exact
 -----
 :func:`exact_shapley` evaluates all ``2^M`` coalitions and applies the Shapley formula
 ``phi_j = sum_{S not containing j} |S|! (M-|S|-1)! / M! (v(S + j) - v(S))``. It costs
-``2^M`` times the background size in model rows per explained row, so it stops at
+up to ``2^M`` times the background size in model rows per explained row (fewer where
+composite rows repeat: each distinct one is predicted once), so it stops at
 ``max_features`` (14 by default) and names the methods to use beyond.
 
 Kernel SHAP
@@ -76,6 +77,7 @@ from modelyard.explain._masking import (
     check_players,
     coalition_values,
     resolve_background,
+    same_as_background,
     select_rows,
 )
 
@@ -115,12 +117,10 @@ def varying_players(x_cols: list[np.ndarray], bg_cols: list[np.ndarray], pos: np
     game: each such player halves the coalitions to evaluate (shap's KernelExplainer
     drops them too).
     """
-    out = np.empty((len(x_cols[0]), len(pos)), dtype=bool)
-    for j, col in enumerate(pos):
-        xa, ba = np.asarray(x_cols[col]), np.asarray(bg_cols[col])
-        same = (xa[:, None] == ba[None, :]) | (pd.isna(xa)[:, None] & pd.isna(ba)[None, :])
-        out[:, j] = ~same.all(axis=1)
-    return out
+    if len(pos) == 0:
+        return np.zeros((len(x_cols[0]), 0), dtype=bool)
+    same = same_as_background([x_cols[col] for col in pos], [bg_cols[col] for col in pos])  # (n, B, m)
+    return ~same.all(axis=1)
 
 
 def _groups(vary: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -190,8 +190,9 @@ def exact_shapley(
     Returns
     -------
     Explanation
-        ``method="exact"``; ``info["model_rows"]`` is the number of rows predicted,
-        ``info["coalitions"]`` the coalitions enumerated per row.
+        ``method="exact"``; ``info["model_rows"]`` is the number of rows predicted
+        (each distinct composite row once: rows and coalitions that build the same
+        input share it), ``info["coalitions"]`` the coalitions enumerated per row.
 
     Raises
     ------
@@ -467,7 +468,8 @@ def kernel_shap(
     Explanation
         ``method="kernel"``; ``info`` holds per row ``coalitions``, ``order``,
         ``shrunk`` (third-order terms shrunk) and ``exact`` (whether every coalition was
-        enumerated), and the total ``model_rows``.
+        enumerated), and the total ``model_rows`` (distinct composite rows sent to
+        the model, as in :func:`exact_shapley`).
 
     Raises
     ------
