@@ -15,7 +15,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from modelyard.errors import SpecError, StoreError
 from modelyard.models import GBMConfig, MLPConfig
 from modelyard.search import run, spaces, to_config
-from modelyard.search._worker import WORKER_KEY
+from modelyard.search._worker import (
+    NO_HEARTBEAT_FACTOR,
+    WORKER_KEY,
+    StorageSpec,
+    fail_dead_trials,
+    open_storage,
+)
 
 TINY = MLPConfig(max_epochs=2, patience=2)
 
@@ -216,6 +222,30 @@ def test_killed_worker_loses_nothing_and_its_trial_fails(
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retried) == 1 and retried[0].params == study.trials[killed].params
+
+
+def test_trial_of_a_worker_killed_before_its_first_heartbeat_is_failed_and_retried(
+    toy_data, postgres_url
+) -> None:
+    """Optuna never fails a RUNNING trial without a heartbeat; ours does once it is old enough, and retries it."""
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+    opts = dict(storage=postgres_url, study_name="nobeat", base_config=TINY, heartbeat_interval=1, strategy="random")
+    run(space, toy_data, trials=1, **opts)
+    study = optuna.load_study(study_name="nobeat", storage=postgres_url)
+    study.enqueue_trial({})
+    dead = study._pop_waiting_trial_id()  # RUNNING with no heartbeat: a worker killed right after popping it
+    assert dead is not None
+    # younger than NO_HEARTBEAT_FACTOR intervals: it may still be starting, so it is left alone
+    fail_dead_trials(optuna.load_study(study_name="nobeat", storage=open_storage(
+        StorageSpec("rdb", postgres_url, heartbeat_interval=1))))
+    assert optuna.load_study(study_name="nobeat", storage=postgres_url).trials[1].state == TrialState.RUNNING
+    time.sleep(NO_HEARTBEAT_FACTOR * 1 + 0.5)
+    run(space, toy_data, trials=2, **opts)  # resuming fails it, retries it, and ends with exactly 2
+    study = optuna.load_study(study_name="nobeat", storage=postgres_url)
+    assert study.trials[1].state == TrialState.FAIL
+    assert _finished(study) == 2 and len(study.trials) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert [t.system_attrs.get("failed_trial") for t in study.trials[2:]] == [1]
 
 
 def test_killed_worker_on_a_journal_file_loses_nothing(toy_data, tmp_path) -> None:

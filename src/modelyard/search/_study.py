@@ -29,6 +29,7 @@ from modelyard.search._worker import (
     StorageSpec,
     WORKER_KEY,
     WorkerJob,
+    fail_dead_trials,
     _instance_state,
     open_storage,
     run_trials,
@@ -484,11 +485,7 @@ def _enqueue_missing(study: optuna.Study, trials: int) -> None:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     if is_heartbeat_enabled(study._storage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(
-                study
-            )  # a previous run's dead trials come back as retries
+        fail_dead_trials(study)  # a previous run's dead trials come back as retries
     else:
         retry_dead_local_trials(study)
     counted = (

@@ -8,7 +8,11 @@ so N workers run each queued trial once and the study ends with exactly the tria
 asked for. A worker killed mid-trial leaves a RUNNING trial; with an RDB storage its
 heartbeat stops, another worker fails it after the grace period, and
 ``RetryHeartbeatStaleTrialCallback`` (Optuna 4.9+ name of RetryFailedTrialCallback) queues a copy with the same parameters, so the count
-still comes out exact. (Optuna's ``MaxTrialsCallback`` stops only after a trial ends,
+still comes out exact. Optuna never fails a RUNNING trial that has no heartbeat at all
+(a worker killed between popping the trial and its first heartbeat), so
+:func:`fail_dead_trials` also fails those once they are ``NO_HEARTBEAT_FACTOR``
+heartbeat intervals old; the worker records the first heartbeat itself, before the
+trial counts as started. (Optuna's ``MaxTrialsCallback`` stops only after a trial ends,
 so N workers overshoot by up to N - 1.)
 
 The loop uses two private Optuna helpers (``Study._pop_waiting_trial_id`` and the
@@ -24,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from modelyard.errors import SpecError
 __all__ = [
     "StorageSpec",
     "WorkerJob",
+    "fail_dead_trials",
     "open_storage",
     "read_splits",
     "run_trials",
@@ -44,6 +50,9 @@ __all__ = [
 ]
 
 WORKER_KEY = "modelyard:worker"
+# A RUNNING trial with no heartbeat this many heartbeat intervals after it started belongs to a
+# worker that died before its first beat (a live worker records one right after popping).
+NO_HEARTBEAT_FACTOR = 4
 # Seconds a journal lock may sit unchanged before it counts as left by a dead worker. A
 # live writer holds it for one append (milliseconds); Optuna's default is 30.
 JOURNAL_LOCK_GRACE_S = 10
@@ -108,6 +117,63 @@ def open_storage(spec: StorageSpec) -> BaseStorage:
     raise AssertionError("unreachable")
 
 
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials of dead workers and queue their retries (heartbeat storages only).
+
+    Optuna's ``fail_stale_trials`` handles trials whose heartbeat went silent; this adds
+    the trials that never had one and started ``NO_HEARTBEAT_FACTOR`` heartbeat
+    intervals ago, with the same retry callback.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    interval = storage.get_heartbeat_interval()
+    cutoff = datetime.now() - timedelta(seconds=NO_HEARTBEAT_FACTOR * interval)
+    failed = []
+    for trial_id in _running_without_heartbeat(storage, study._study_id):
+        started = storage.get_trial(trial_id).datetime_start  # local time, as datetime.now()
+        if started is None or started > cutoff:
+            continue
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, storage.get_trial(trial_id))
+
+
+def _running_without_heartbeat(storage: BaseStorage, study_id: int) -> list[int]:
+    """Ids of the study's RUNNING trials with no heartbeat row (RDB storages)."""
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models
+
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(backend, RDBStorage):
+        return []
+    session = backend.scoped_session()
+    try:
+        rows = (
+            session.query(models.TrialModel.trial_id)
+            .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            .all()
+        )
+        session.commit()
+    finally:
+        session.close()
+    return [int(t) for (t,) in rows]
+
+
 def _pop_waiting(study: optuna.Study) -> int | None:
     study._thread_local.cached_all_trials = (
         None  # as Study.ask does: read the storage afresh
@@ -144,9 +210,7 @@ def run_trials(
     ran = 0
     while deadline is None or time.monotonic() < deadline:
         if heartbeat:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            fail_dead_trials(study)
         trial_id = _pop_waiting(study)
         if trial_id is None:
             if heartbeat and study.get_trials(
@@ -155,6 +219,8 @@ def run_trials(
                 time.sleep(poll)
                 continue
             break
+        if heartbeat:  # the first beat now: a trial with none is only failed after NO_HEARTBEAT_FACTOR intervals
+            study._storage.record_heartbeat(trial_id)
         study._storage.set_trial_system_attr(
             trial_id, WORKER_KEY, {"host": socket.gethostname(), "pid": os.getpid()}
         )
