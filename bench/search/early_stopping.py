@@ -1,9 +1,10 @@
 """Early stopping (issue 3): time to reach a target validation accuracy with ASHA against none.
 
     MODELYARD_DATA_DIR=../shared/data .venv/bin/python bench/search/early_stopping.py \\
-        [--seeds 3] [--budget-s 240] [--strategy tpe] [--quick] [--out results.json]
+        [--seeds 3] [--budget-s 240] [--strategy tpe] [--space mlp|wide] [--quick] [--out results.json]
 
-Two searches of the tabular MLP space (``spaces.mlp()``) on Adult per seed, the same
+Two searches of the tabular MLP space (``spaces.mlp()``, or with ``--space wide`` the
+same parameters over the wide ranges of ASHA's own benchmarks) on Adult per seed, the same
 strategy, seed and wall-time budget: ``early_stopping="none"`` and ``"asha"`` (the
 rule registered in ``modelyard.search._pruners``: successive halving with rungs at
 epochs 1, 3, 9, 27, keeping the top third). Every trial may train up to
@@ -57,17 +58,44 @@ def adult_subsample(n_train: int, seed: int = 0) -> Any:
     )
 
 
+def wide_mlp_space() -> Any:
+    """The MLP space with ranges as wide as ASHA's own benchmarks (Li et al. 2020, section 4).
+
+    ``spaces.mlp()`` is curated: learning rate and weight decay over two and four decades,
+    batch sizes 64-512, so that nearly every configuration trains well. Here: learning
+    rate 1e-5..1e-1, weight decay 1e-6..1, dropout up to 0.9, batch sizes 32-4096, one to
+    four layers of 8-1024 units; a user who does not know the good region searches such a
+    space, and most of its configurations train poorly.
+    """
+    from modelyard.search import Categorical, Float, Int, SearchSpace
+
+    params: dict[str, Any] = {"n_layers": Int(1, 4)}
+    for i in range(1, 5):
+        params[f"hidden_{i}"] = Int(8, 1024, log=True, when=None if i == 1 else {"n_layers": {">=": i}})
+    params.update(
+        activation=Categorical(["relu", "gelu", "silu"]),
+        dropout=Float(0.0, 0.9),
+        numeric_embedding=Categorical(["periodic", "none"]),
+        frequency_scale=Float(0.01, 10.0, log=True, when={"numeric_embedding": "periodic"}),
+        lr=Float(1e-5, 1e-1, log=True),
+        batch_size=Categorical([32, 64, 128, 256, 512, 1024, 2048, 4096]),
+        weight_decay=Float(1e-6, 1.0, log=True),
+    )
+    return SearchSpace(params)
+
+
 def search(data: Any, mode: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One search; every trial's state, value and end time in seconds since the study began."""
     from modelyard.models import MLPConfig
     from modelyard.search import run, spaces
 
     base = MLPConfig(max_epochs=args.epochs, patience=args.patience or args.epochs, seed=0)
+    space = spaces.mlp() if args.space == "mlp" else wide_mlp_space()
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run(
-            spaces.mlp(), data, strategy=args.strategy, trials=args.max_trials, seed=seed,
+            space, data, strategy=args.strategy, trials=args.max_trials, seed=seed,
             early_stopping=mode, base_config=base, timeout=args.budget_s,
         )
     wall = time.perf_counter() - start
@@ -110,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=None,
                         help="the trainer's patience, in both searches (default: --epochs, i.e. none: "
                              "'no early stopping' trains every trial to the end)")
+    parser.add_argument("--space", choices=["mlp", "wide"], default="mlp",
+                        help="mlp: spaces.mlp() (curated ranges); wide: ASHA-paper-wide ranges (see wide_mlp_space)")
     parser.add_argument("--rows", type=int, default=8000, help="training rows of the Adult subsample")
     parser.add_argument("--target", type=float, default=None, help="a fixed target accuracy")
     parser.add_argument("--tolerance", type=float, default=0.002, help="target = best without early stopping - this")
