@@ -5,7 +5,9 @@ Efficient Integer-Arithmetic-Only Inference" (arXiv:1712.05877):
 
 * **weights**: int8, symmetric, one scale per output channel,
   ``s_c = max|w_c| / 127``, values in ``[-127, 127]`` (zero point 0), recomputed from
-  the current weights at every forward pass;
+  the current weights at every forward pass; 7 bits (``/ 63``, ``[-63, 63]``) with
+  ``reduce_range``, by default on x86 CPUs without VNNI, whose integer kernels would
+  saturate on 8-bit weights (:mod:`modelyard.compress._cpu`);
 * **activations** (the input of every quantized layer): 8-bit affine per tensor,
   ``q = clamp(round(x / s) + z, qmin, qmax)``, with the range ``[min, max]`` tracked
   as an exponential moving average of the batch extremes during training, widened to
@@ -46,6 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from modelyard._atomic import atomic_write_bytes
+from modelyard.compress._cpu import weight_qmax
 from modelyard.compress._quantize import QUANT_KEY
 from modelyard.errors import ModelFormatError
 
@@ -128,11 +131,11 @@ def fake_quantize(
     return _FakeQuantSTE.apply(x, scale_t, zp_t, qmin, qmax)
 
 
-def weight_qparams(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 scales of a weight ``(out, ...)``: ``max|w_c| / 127`` (float32)."""
+def weight_qparams(weight: torch.Tensor, qmax: int = WEIGHT_QMAX) -> torch.Tensor:
+    """Per-output-channel symmetric int8 scales of a weight ``(out, ...)``: ``max|w_c| / qmax`` (float32)."""
     w = weight.detach().to(torch.float32)
     amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)  # (out,)
-    return torch.clamp(amax, min=_MIN_SCALE * WEIGHT_QMAX) / WEIGHT_QMAX
+    return torch.clamp(amax, min=_MIN_SCALE * qmax) / qmax
 
 
 class ActivationQuantizer(nn.Module):
@@ -213,13 +216,15 @@ class _QATMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
     input_quant: ActivationQuantizer
+    #: Largest weight magnitude in integers: 127 (8 bits) or 63 (7 bits, ``reduce_range``).
+    weight_qmax: int = WEIGHT_QMAX
 
     def quantized_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(x_q, w_q, b_q)``: the fake-quantized input, weight and bias of a forward pass."""
         x_q = self.input_quant(x)
         s_x, _ = self.input_quant.qparams()
-        s_w = weight_qparams(self.weight)  # (out,)
-        w_q = fake_quantize(self.weight, s_w, 0, -WEIGHT_QMAX, WEIGHT_QMAX, axis=0)
+        s_w = self.weight_scales()  # (out,)
+        w_q = fake_quantize(self.weight, s_w, 0, -self.weight_qmax, self.weight_qmax, axis=0)
         b_q = None
         if self.bias is not None:
             b_q = fake_quantize(self.bias, s_x * s_w, 0, *_INT32, axis=0)
@@ -227,7 +232,7 @@ class _QATMixin:
 
     def weight_scales(self) -> torch.Tensor:
         """The per-channel weight scales the export writes."""
-        return weight_qparams(self.weight)
+        return weight_qparams(self.weight, self.weight_qmax)
 
 
 class QATLinear(_QATMixin, nn.Linear):
@@ -239,14 +244,15 @@ class QATLinear(_QATMixin, nn.Linear):
     input_quant: ActivationQuantizer
 
     @classmethod
-    def from_float(cls, layer: nn.Linear, quantizer: ActivationQuantizer) -> QATLinear:
-        """A QAT layer sharing ``layer``'s parameters."""
+    def from_float(cls, layer: nn.Linear, quantizer: ActivationQuantizer, qmax: int = WEIGHT_QMAX) -> QATLinear:
+        """A QAT layer sharing ``layer``'s parameters, its weights quantized to ``[-qmax, qmax]``."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = layer.in_features, layer.out_features
         new.weight = layer.weight
         new.bias = layer.bias
         new.input_quant = quantizer
+        new.weight_qmax = int(qmax)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,14 +275,15 @@ class QATConv2d(_QATMixin, nn.Conv2d):
     input_quant: ActivationQuantizer
 
     @classmethod
-    def from_float(cls, layer: nn.Conv2d, quantizer: ActivationQuantizer) -> QATConv2d:
-        """A QAT layer sharing ``layer``'s parameters and geometry."""
+    def from_float(cls, layer: nn.Conv2d, quantizer: ActivationQuantizer, qmax: int = WEIGHT_QMAX) -> QATConv2d:
+        """A QAT layer sharing ``layer``'s parameters and geometry, its weights quantized to ``[-qmax, qmax]``."""
         new = copy.copy(layer)  # shares parameters; copies geometry attributes
         new.__class__ = cls
         new._modules = dict(layer._modules)
         new._parameters = dict(layer._parameters)
         new._buffers = dict(layer._buffers)
         new.input_quant = quantizer
+        new.weight_qmax = int(qmax)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,6 +297,7 @@ class QATConv2d(_QATMixin, nn.Conv2d):
         out._modules = {k: v for k, v in self._modules.items() if k != "input_quant"}
         out._parameters = dict(self._parameters)
         out._buffers = dict(self._buffers)
+        out.__dict__.pop("weight_qmax", None)
         return out
 
 
@@ -308,6 +316,7 @@ def prepare_qat(
     activation_type: str = "uint8",
     momentum: float = 0.01,
     layers: Iterable[str] | None = None,
+    reduce_range: bool | None = None,
 ) -> nn.Module:
     """A copy of ``module`` with fake quantization on its Linear and Conv2d layers.
 
@@ -321,6 +330,9 @@ def prepare_qat(
     layers : iterable of str or None, default=None
         Qualified names of the layers to quantize (``"body.0"``); all Linear and Conv2d
         layers if None. The others stay float.
+    reduce_range : bool or None, default=None
+        7-bit weights (``[-63, 63]``) instead of 8-bit. None chooses for this CPU: 7 bits
+        on x86 without VNNI, whose int8 kernels saturate on 8-bit weights.
 
     Returns
     -------
@@ -343,10 +355,11 @@ def prepare_qat(
     missing = [n for n in chosen if n not in found]
     if missing:
         raise ValueError(f"Layers {missing} are not Linear or Conv2d layers of the module; it has {list(found)}.")
+    qmax = weight_qmax(reduce_range)
     for name in chosen:
         layer = found[name]
         cls = QATLinear if isinstance(layer, nn.Linear) else QATConv2d
-        _set_child(qat, name, cls.from_float(layer, ActivationQuantizer(activation_type, momentum)))
+        _set_child(qat, name, cls.from_float(layer, ActivationQuantizer(activation_type, momentum), qmax))
     for name, m in list(qat.named_modules()):
         if isinstance(m, nn.Dropout):
             _set_child(qat, name, nn.Identity())
@@ -428,6 +441,7 @@ def qat_finetune(
     momentum: float = 0.01,
     calibration_rows: int = 2048,
     layers: Iterable[str] | None = None,
+    reduce_range: bool | None = None,
     seed: int = 0,
     callback: Any = None,
 ) -> Any:
@@ -452,6 +466,8 @@ def qat_finetune(
     calibration_rows : int, default=2048
     layers : iterable of str or None, default=None
         Layers to quantize (qualified names); all Linear and Conv2d if None.
+    reduce_range : bool or None, default=None
+        7-bit weights; None chooses for this CPU (see :func:`prepare_qat`).
     seed : int, default=0
     callback : callable or None
         ``callback(epoch, max_epochs, logs)`` after every epoch.
@@ -466,7 +482,8 @@ def qat_finetune(
     from modelyard.train import Trainer
 
     _check_predictor(predictor)
-    qat = prepare_qat(predictor.module, activation_type=activation_type, momentum=momentum, layers=layers)
+    qat = prepare_qat(predictor.module, activation_type=activation_type, momentum=momentum, layers=layers,
+                      reduce_range=reduce_range)
     n = min(len(train), calibration_rows)
     rows = np.random.default_rng(seed).choice(len(train), size=n, replace=False)
     if isinstance(predictor, ImagePredictor):
@@ -549,7 +566,8 @@ def _insert_qdq(model: onnx.ModelProto, name: str, layer: QATLinear | QATConv2d)
     tag = f"qat/{name}"
     # Integers computed with the same torch ops as the fake quantization, so they are the same numbers.
     w_shape = [-1] + [1] * (weight.dim() - 1)
-    w_int = torch.clamp(torch.round(weight / s_w.reshape(w_shape)), -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8).numpy()
+    qmax = layer.weight_qmax
+    w_int = torch.clamp(torch.round(weight / s_w.reshape(w_shape)), -qmax, qmax).to(torch.int8).numpy()
     if transposed:
         w_int = w_int.T
     axis = 1 if transposed else 0
@@ -723,7 +741,9 @@ def export_qat_onnx(
         model = onnx.load(str(float_path))
     matched = {name: _insert_qdq(model, name, layer) for name, layer in layers.items()}
     record = {"mode": "qat", "scheme": "weights int8 symmetric per channel, activations 8-bit affine per tensor (EMA)",
-              "activation_type": next(iter(layers.values())).input_quant.dtype, "layers": matched}
+              "activation_type": next(iter(layers.values())).input_quant.dtype,
+              "weight_bits": sorted({8 if layer.weight_qmax > 63 else 7 for layer in layers.values()}),
+              "layers": matched}
     model.metadata_props.add(key=QUANT_KEY, value=json.dumps(record))
     onnx.checker.check_model(model)
     data = model.SerializeToString()

@@ -30,8 +30,11 @@ activations ran at the same speed (ONNX Runtime rewrites signed activations to
 unsigned on x86), but S8S8 in QOperator format ran 11-65x slower than U8S8 (no fast
 S8S8 integer kernel) and slower than float; dynamic int8 with *unsigned* weights ran
 10x slower than with signed ones on the MLP at batch 64; per-channel weights cost up
-to 18% at batch 1; 7-bit weights (``reduce_range``) gained nothing. Hence the defaults: ``activation_type="uint8"``, ``weight_type="int8"``,
-``quant_format="qdq"``, and every variant is measured before one is chosen.
+to 18% at batch 1; 7-bit weights (``reduce_range``) gained nothing. Hence the defaults:
+``activation_type="uint8"``, ``weight_type="int8"``, ``quant_format="qdq"``, and every
+variant is measured before one is chosen. On x86 CPUs *without* VNNI the same U8S8
+kernels saturate (int16 sums of pairs of products), so ``reduce_range=None`` (the
+default) quantizes int8 weights to 7 bits there and to 8 bits elsewhere.
 
 Front end
 ---------
@@ -63,6 +66,7 @@ import pandas as pd
 from onnxruntime.quantization import CalibrationDataReader
 
 from modelyard._atomic import atomic_write_bytes
+from modelyard.compress._cpu import int8_weights_overflow
 from modelyard.errors import ModelFormatError, SchemaMismatchError
 
 __all__ = [
@@ -118,9 +122,11 @@ class QuantSpec:
     weight_type : {"int8", "uint8"}, default="int8"
     quant_format : {"qdq", "qoperator"}, default="qdq"
         Static only: QuantizeLinear/DequantizeLinear pairs, or integer operators.
-    reduce_range : bool, default=False
-        Quantize weights to 7 bits (avoids int16 overflow on CPUs without VNNI; slower or
-        equal with it).
+    reduce_range : bool or None, default=None
+        Quantize weights to 7 bits. None chooses for this CPU: 7 bits for int8 weights
+        on x86 without VNNI, whose U8S8 kernels add pairs of products into a saturating
+        int16 (see :mod:`modelyard.compress._cpu`), 8 bits elsewhere (where 7 bits gain
+        nothing).
     op_types : tuple of str or None, default=None
         Operator types to quantize; :data:`STATIC_OP_TYPES` or :data:`DYNAMIC_OP_TYPES` if None.
     exclude : tuple of str, default=()
@@ -141,7 +147,7 @@ class QuantSpec:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     quant_format: str = "qdq"
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     op_types: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None
@@ -178,7 +184,7 @@ class QuantSpec:
         if self.mode != "fp16":
             if self.per_channel:
                 parts.append("pc")
-            if self.reduce_range:
+            if self.reduce_range:  # chosen explicitly (None: for the CPU, recorded in the model)
                 parts.append("rr")
             if self.mode == "static" and self.quant_format == "qoperator":
                 parts.append("qop")
@@ -601,6 +607,9 @@ def quantize(
         raise TypeError(f"spec must be a QuantSpec; got {type(spec).__name__}.")
     t0 = time.perf_counter()
     source = _load(model)
+    reduce_range = spec.reduce_range
+    if reduce_range is None:
+        reduce_range = spec.weight_type == "int8" and int8_weights_overflow()
     if spec.mode == "static" and calibration is None and data is None:
         raise ValueError(
             "Static quantization needs calibration data: pass data= (training or validation rows or images) "
@@ -644,7 +653,7 @@ def quantize(
                     str(src), str(out_tmp),
                     op_types_to_quantize=list(spec.op_types or DYNAMIC_OP_TYPES),
                     per_channel=spec.per_channel,
-                    reduce_range=spec.reduce_range,
+                    reduce_range=reduce_range,
                     weight_type=_qtype(spec.weight_type),
                     nodes_to_quantize=list(spec.only) if spec.only is not None else None,
                     nodes_to_exclude=exclude,
@@ -652,9 +661,10 @@ def quantize(
         else:
             reader = calibration if calibration is not None else CalibrationReader.from_data(
                 prepared, data, rows=calibration_rows, batch_size=calibration_batch_size)
-            _static(src, out_tmp, reader, spec, exclude)
+            _static(src, out_tmp, reader, spec.replace(reduce_range=reduce_range), exclude)
         result = onnx.load(str(out_tmp))
-    record = {**spec.to_dict(), "quantized": list(quantized), "excluded": list(excluded), "preprocessed": preprocessed}
+    record = {**spec.to_dict(), "reduce_range": reduce_range if spec.mode != "fp16" else False,
+              "quantized": list(quantized), "excluded": list(excluded), "preprocessed": preprocessed}
     _copy_metadata(source, result, {QUANT_KEY: json.dumps(record)})
     atomic_write_bytes(output, result.SerializeToString())
     return QuantizeResult(output, spec, quantized, excluded, preprocessed, time.perf_counter() - t0)
