@@ -210,7 +210,9 @@ def test_killed_worker_loses_nothing_and_its_trial_fails(
             continue
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             worker = t.system_attrs.get(WORKER_KEY)
-            if worker:
+            # Mid-trial: once its parameters are drawn (the worker is published just before
+            # the sampler runs; a trial killed then is retried with freshly drawn ones).
+            if worker and t.params:
                 os.kill(worker["pid"], signal.SIGKILL)
                 killed = t.number
                 break
@@ -285,7 +287,9 @@ def test_killed_worker_on_a_journal_file_loses_nothing(toy_data, tmp_path) -> No
             continue
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             worker = t.system_attrs.get(WORKER_KEY)
-            if worker:
+            # Mid-trial: once its parameters are drawn (the worker is published just before
+            # the sampler runs; a trial killed then is retried with freshly drawn ones).
+            if worker and t.params:
                 os.kill(worker["pid"], signal.SIGKILL)
                 killed = t.number
                 break
