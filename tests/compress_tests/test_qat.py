@@ -14,7 +14,7 @@ from _quant_data import adult_like
 from onnx import numpy_helper
 from torch import nn
 
-from modelyard.compress._cpu import int8_weights_overflow, weight_qmax
+from modelyard._cpu import int8_weights_overflow, weight_qmax
 from modelyard.compress._qat import (
     ActivationQuantizer,
     QATConv2d,
@@ -246,6 +246,7 @@ def test_reduce_range_quantizes_weights_to_seven_bits_and_records_it(tmp_path: P
     assert type(to_float(qat).body[0]) is nn.Linear
 
 
+@pytest.mark.filterwarnings("ignore:.*saturate:RuntimeWarning")  # the load-time warning of this very defect
 @pytest.mark.skipif(not int8_weights_overflow(), reason="this CPU has VNNI: its int8 kernels do not saturate")
 def test_eight_bit_weights_saturate_on_this_cpu_which_is_why_seven_bits_are_the_default(tmp_path: Path) -> None:
     # The defect the CPU check exists for, shown on this machine: with 8-bit weights the

@@ -229,3 +229,40 @@ def test_pooling_moves_before_a_monotone_activation_exactly(tmp_path: Path) -> N
     assert pool_before_activation(graph("Relu", shared=False)) == 1
     assert pool_before_activation(graph("Relu", shared=True)) == 0
     assert pool_before_activation(graph("LeakyRelu", shared=False)) == 0  # alpha < 0: not monotone
+
+
+def test_saturation_warning_names_eight_bit_weights_only(monkeypatch) -> None:
+    import modelyard._cpu as cpu
+
+    monkeypatch.setattr(cpu, "int8_weights_overflow", lambda: True)  # as on an x86 CPU without VNNI
+    rec = lambda **kw: json.dumps(kw)  # noqa: E731
+    assert "7-bit" in cpu.saturation_warning(rec(mode="static", weight_type="int8", reduce_range=False), "m.onnx")
+    assert cpu.saturation_warning(rec(mode="dynamic", weight_type="int8"), "m") is not None  # older files: 8 bits
+    assert cpu.saturation_warning(rec(mode="qat", weight_bits=[8]), "m") is not None
+    assert cpu.saturation_warning(rec(mode="qat"), "m") is not None  # written before 7-bit QAT existed
+    for quiet in (rec(mode="static", weight_type="int8", reduce_range=True), rec(mode="dynamic", weight_type="uint8"),
+                  rec(mode="qat", weight_bits=[7]), rec(mode="fp16"), None, "not json"):
+        assert cpu.saturation_warning(quiet, "m") is None
+    monkeypatch.setattr(cpu, "int8_weights_overflow", lambda: False)  # VNNI: nothing saturates
+    assert cpu.saturation_warning(rec(mode="static", weight_type="int8", reduce_range=False), "m") is None
+
+
+def test_serving_an_eight_bit_model_warns_where_it_saturates(wide, tmp_path: Path) -> None:
+    import warnings
+
+    from modelyard._cpu import int8_weights_overflow
+
+    path, _, valid = wide
+    default = quantize(path, tmp_path / "auto.onnx", mode="dynamic").path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        OnnxPredictor(default)  # the default picks weights this CPU runs exactly: no warning
+    assert json.loads(OnnxPredictor(default).metadata[QUANT_KEY])["reduce_range"] is int8_weights_overflow()
+    forced = quantize(path, tmp_path / "8bit.onnx", mode="dynamic", reduce_range=False).path
+    if int8_weights_overflow():
+        with pytest.warns(RuntimeWarning, match="saturate"):
+            OnnxPredictor(forced)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            OnnxPredictor(forced)

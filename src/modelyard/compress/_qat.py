@@ -7,7 +7,7 @@ Efficient Integer-Arithmetic-Only Inference" (arXiv:1712.05877):
   ``s_c = max|w_c| / 127``, values in ``[-127, 127]`` (zero point 0), recomputed from
   the current weights at every forward pass; 7 bits (``/ 63``, ``[-63, 63]``) with
   ``reduce_range``, by default on x86 CPUs without VNNI, whose integer kernels would
-  saturate on 8-bit weights (:mod:`modelyard.compress._cpu`);
+  saturate on 8-bit weights (:mod:`modelyard._cpu`);
 * **activations** (the input of every quantized layer): 8-bit affine per tensor,
   ``q = clamp(round(x / s) + z, qmin, qmax)``, with the range ``[min, max]`` tracked
   as an exponential moving average of the batch extremes during training, widened to
@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from modelyard._atomic import atomic_write_bytes
-from modelyard.compress._cpu import weight_qmax
+from modelyard._cpu import weight_qmax
 from modelyard.compress._quantize import QUANT_KEY
 from modelyard.errors import ModelFormatError
 

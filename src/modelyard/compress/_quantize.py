@@ -66,8 +66,9 @@ import pandas as pd
 from onnxruntime.quantization import CalibrationDataReader
 
 from modelyard._atomic import atomic_write_bytes
-from modelyard.compress._cpu import int8_weights_overflow
+from modelyard._cpu import int8_weights_overflow
 from modelyard.errors import ModelFormatError, SchemaMismatchError
+from modelyard.models._base import QUANT_KEY
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -82,8 +83,6 @@ __all__ = [
     "quantize",
 ]
 
-#: ONNX metadata key recording how a model was quantized (JSON).
-QUANT_KEY = "modelyard.quantization"
 #: Node-name prefix of the raw-column front end (see :func:`modelyard.compress.with_raw_inputs`).
 FRONT_PREFIX = "front/"
 #: Calibration methods by name.
@@ -125,7 +124,7 @@ class QuantSpec:
     reduce_range : bool or None, default=None
         Quantize weights to 7 bits. None chooses for this CPU: 7 bits for int8 weights
         on x86 without VNNI, whose U8S8 kernels add pairs of products into a saturating
-        int16 (see :mod:`modelyard.compress._cpu`), 8 bits elsewhere (where 7 bits gain
+        int16 (see :mod:`modelyard._cpu`), 8 bits elsewhere (where 7 bits gain
         nothing).
     op_types : tuple of str or None, default=None
         Operator types to quantize; :data:`STATIC_OP_TYPES` or :data:`DYNAMIC_OP_TYPES` if None.

@@ -10,10 +10,12 @@ import pandas as pd
 
 from modelyard.data._schema import Schema
 
-__all__ = ["Predictor", "BasePredictor", "SCHEMA_KEY", "OUTPUT_NAMES"]
+__all__ = ["Predictor", "BasePredictor", "SCHEMA_KEY", "QUANT_KEY", "OUTPUT_NAMES"]
 
 #: ONNX model metadata key holding the schema (JSON) the model was trained on.
 SCHEMA_KEY = "modelyard.schema"
+#: ONNX metadata key recording how a model was quantized (JSON; written by modelyard.compress).
+QUANT_KEY = "modelyard.quantization"
 #: Output names of every exported model: classifiers, then regressors.
 OUTPUT_NAMES = ("probabilities", "prediction")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelyard._cpu import saturation_warning
 from modelyard.data._image import ImageSplit
 from modelyard.errors import ModelFormatError, SchemaMismatchError
+from modelyard.models._base import QUANT_KEY
 from modelyard.models._config import ImageNetConfig
 
 __all__ = ["IMAGE_KEY", "ImageNet", "ImagePredictor", "OnnxImagePredictor", "as_pixels"]
@@ -202,6 +205,9 @@ class OnnxImagePredictor:
         names = [i.name for i in self.session.get_inputs()]
         if names != [IMAGE_INPUT]:
             raise ModelFormatError(f"{where} takes inputs {names}, not [{IMAGE_INPUT!r}]; re-export it.")
+        message = saturation_warning(meta.get(QUANT_KEY), where)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def feeds(self, images: Any) -> dict[str, np.ndarray]:
         """The session's input for images (uint8 or floats in ``[0, 1]``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from modelyard._cpu import saturation_warning
 from modelyard.data._schema import Schema, category_strings
 from modelyard.errors import ModelFormatError, SchemaMismatchError
-from modelyard.models._base import OUTPUT_NAMES, SCHEMA_KEY, BasePredictor
+from modelyard.models._base import OUTPUT_NAMES, QUANT_KEY, SCHEMA_KEY, BasePredictor
 
 __all__ = ["OnnxPredictor"]
 
@@ -87,6 +89,9 @@ class OnnxPredictor(BasePredictor):
             )
         self._output = wanted
         self.metadata: dict[str, str] = dict(meta)
+        message = saturation_warning(meta.get(QUANT_KEY), where)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def feeds(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """The session's inputs for checked raw columns: float32 or string arrays of shape ``(n, 1)``."""

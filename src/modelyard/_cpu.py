@@ -13,10 +13,11 @@ CPUs: ``255 * 63 * 2 = 32,130`` fits. ARM's ``sdot``/``udot`` sum into int32 too
 from __future__ import annotations
 
 import functools
+import json
 import platform
 from pathlib import Path
 
-__all__ = ["int8_weights_overflow", "weight_qmax"]
+__all__ = ["int8_weights_overflow", "saturation_warning", "weight_qmax"]
 
 #: /proc/cpuinfo flags of x86 instructions that sum u8*s8 products into int32 without saturation.
 _VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -54,3 +55,41 @@ def weight_qmax(reduce_range: bool | None) -> int:
     if reduce_range is None:
         reduce_range = int8_weights_overflow()
     return 63 if reduce_range else 127
+
+
+def saturation_warning(record: str | None, where: str) -> str | None:
+    """A warning for an int8 model with 8-bit weights about to run on a CPU where they saturate.
+
+    Parameters
+    ----------
+    record : str or None
+        The model's ``modelyard.quantization`` metadata (JSON), None if it has none.
+    where : str
+        The model's name for the message.
+
+    Returns
+    -------
+    str or None
+        The message, or None when the model is float, uses 7-bit weights, or this CPU
+        sums int8 products without saturation.
+    """
+    if not record:
+        return None
+    try:
+        info = json.loads(record)
+    except ValueError:
+        return None
+    mode = info.get("mode")
+    if mode in ("static", "dynamic"):
+        eight_bit = info.get("weight_type") == "int8" and not info.get("reduce_range")
+    elif mode == "qat":
+        eight_bit = 8 in info.get("weight_bits", [8])  # written before 7-bit QAT existed: 8 bits
+    else:
+        return None
+    if not eight_bit or not int8_weights_overflow():
+        return None
+    return (
+        f"{where} has 8-bit int8 weights, and this CPU (x86 without VNNI) runs them in kernels whose int16 "
+        "sums saturate, so its outputs can differ from the model that was measured. Re-quantize it on this "
+        "machine (modelyard compress, or quantize() with the default reduce_range=None) for 7-bit weights."
+    )
