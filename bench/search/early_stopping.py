@@ -91,12 +91,17 @@ def search(data: Any, mode: str, args: argparse.Namespace, seed: int) -> dict[st
 
     base = MLPConfig(max_epochs=args.epochs, patience=args.patience or args.epochs, seed=0)
     space = spaces.mlp() if args.space == "mlp" else wide_mlp_space()
+    rule: Any = mode
+    if mode == "asha" and args.min_epochs != 1:  # rungs at min, 3 min, 9 min, ... epochs
+        from optuna.pruners import SuccessiveHalvingPruner
+
+        rule = SuccessiveHalvingPruner(min_resource=args.min_epochs, reduction_factor=3)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run(
             space, data, strategy=args.strategy, trials=args.max_trials, seed=seed,
-            early_stopping=mode, base_config=base, timeout=args.budget_s,
+            early_stopping=rule, base_config=base, timeout=args.budget_s,
         )
     wall = time.perf_counter() - start
     trials = [t for t in result.study.trials if t.datetime_start is not None]
@@ -131,6 +136,9 @@ def time_to(run: dict[str, Any], target: float) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--min-epochs", type=int, default=1,
+                        help="ASHA's first rung in epochs (1: the registered 'asha' rule, rungs 1, 3, 9, 27)")
     parser.add_argument("--strategy", default="tpe", help="search strategy for both searches (default tpe)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="wall-time budget of each search")
     parser.add_argument("--max-trials", type=int, default=400, help="trial cap of each search")
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     speedups = []
     print(f"{'seed':>4} {'target':>7} {'none: trials best time':>26} {'asha: trials(pruned) best time':>34} {'speed-up':>9}")
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         plain = search(data, "none", args, seed)
         asha = search(data, "asha", args, seed)
         target = args.target if args.target is not None else plain["best"] - args.tolerance
