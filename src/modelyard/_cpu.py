@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import warnings
 from pathlib import Path
 
-__all__ = ["int8_weights_overflow", "saturation_warning", "weight_qmax"]
+__all__ = ["int8_weights_overflow", "saturation_warning", "seven_bit_weights", "warn_if_saturates", "weight_qmax"]
 
 #: /proc/cpuinfo flags of x86 instructions that sum u8*s8 products into int32 without saturation.
 _VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -47,14 +48,17 @@ def int8_weights_overflow(cpuinfo: str | None = None) -> bool:
     return True
 
 
+def seven_bit_weights(reduce_range: bool | None) -> bool:
+    """``reduce_range`` as given, or for this CPU when None (:func:`int8_weights_overflow`)."""
+    return int8_weights_overflow() if reduce_range is None else bool(reduce_range)
+
+
 def weight_qmax(reduce_range: bool | None) -> int:
     """The largest magnitude of a symmetric int8 weight: 63 with ``reduce_range`` (7 bits), else 127.
 
-    ``reduce_range=None`` chooses for this CPU (:func:`int8_weights_overflow`).
+    ``reduce_range=None`` chooses for this CPU.
     """
-    if reduce_range is None:
-        reduce_range = int8_weights_overflow()
-    return 63 if reduce_range else 127
+    return 63 if seven_bit_weights(reduce_range) else 127
 
 
 def saturation_warning(record: str | None, where: str) -> str | None:
@@ -93,3 +97,10 @@ def saturation_warning(record: str | None, where: str) -> str | None:
         "sums saturate, so its outputs can differ from the model that was measured. Re-quantize it on this "
         "machine (modelyard compress, or quantize() with the default reduce_range=None) for 7-bit weights."
     )
+
+
+def warn_if_saturates(record: str | None, where: str) -> None:
+    """Warn (RuntimeWarning, at the caller's caller) when :func:`saturation_warning` has a message."""
+    message = saturation_warning(record, where)
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

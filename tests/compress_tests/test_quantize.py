@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 # tests/compress_tests/_quant_data.py: pytest puts this folder on sys.path.
 from _quant_data import adult_like
 
+from modelyard._cpu import int8_weights_overflow
 from modelyard.compress import export_onnx, measure
 from modelyard.compress._quantize import (
     QUANT_KEY,
@@ -248,10 +250,6 @@ def test_saturation_warning_names_eight_bit_weights_only(monkeypatch) -> None:
 
 
 def test_serving_an_eight_bit_model_warns_where_it_saturates(wide, tmp_path: Path) -> None:
-    import warnings
-
-    from modelyard._cpu import int8_weights_overflow
-
     path, _, valid = wide
     default = quantize(path, tmp_path / "auto.onnx", mode="dynamic").path
     with warnings.catch_warnings():

@@ -66,7 +66,7 @@ import pandas as pd
 from onnxruntime.quantization import CalibrationDataReader
 
 from modelyard._atomic import atomic_write_bytes
-from modelyard._cpu import int8_weights_overflow
+from modelyard._cpu import seven_bit_weights
 from modelyard.errors import ModelFormatError, SchemaMismatchError
 from modelyard.models._base import QUANT_KEY
 
@@ -606,9 +606,8 @@ def quantize(
         raise TypeError(f"spec must be a QuantSpec; got {type(spec).__name__}.")
     t0 = time.perf_counter()
     source = _load(model)
-    reduce_range = spec.reduce_range
-    if reduce_range is None:
-        reduce_range = spec.weight_type == "int8" and int8_weights_overflow()
+    # None: 7 bits where this CPU's kernels saturate on 8-bit int8 weights (uint8 weights never do)
+    reduce_range = seven_bit_weights(spec.reduce_range) if spec.weight_type == "int8" else bool(spec.reduce_range)
     if spec.mode == "static" and calibration is None and data is None:
         raise ValueError(
             "Static quantization needs calibration data: pass data= (training or validation rows or images) "

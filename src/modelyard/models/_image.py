@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelyard._cpu import saturation_warning
+from modelyard._cpu import warn_if_saturates
 from modelyard.data._image import ImageSplit
 from modelyard.errors import ModelFormatError, SchemaMismatchError
 from modelyard.models._base import QUANT_KEY
@@ -205,9 +204,7 @@ class OnnxImagePredictor:
         names = [i.name for i in self.session.get_inputs()]
         if names != [IMAGE_INPUT]:
             raise ModelFormatError(f"{where} takes inputs {names}, not [{IMAGE_INPUT!r}]; re-export it.")
-        message = saturation_warning(meta.get(QUANT_KEY), where)
-        if message:
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warn_if_saturates(meta.get(QUANT_KEY), where)
 
     def feeds(self, images: Any) -> dict[str, np.ndarray]:
         """The session's input for images (uint8 or floats in ``[0, 1]``)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from modelyard._cpu import saturation_warning
+from modelyard._cpu import warn_if_saturates
 from modelyard.data._schema import Schema, category_strings
 from modelyard.errors import ModelFormatError, SchemaMismatchError
 from modelyard.models._base import OUTPUT_NAMES, QUANT_KEY, SCHEMA_KEY, BasePredictor
@@ -89,9 +88,7 @@ class OnnxPredictor(BasePredictor):
             )
         self._output = wanted
         self.metadata: dict[str, str] = dict(meta)
-        message = saturation_warning(meta.get(QUANT_KEY), where)
-        if message:
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warn_if_saturates(meta.get(QUANT_KEY), where)
 
     def feeds(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """The session's inputs for checked raw columns: float32 or string arrays of shape ``(n, 1)``."""
