@@ -1,14 +1,15 @@
-"""How fast can any int8 model of the small CNN be on ONNX Runtime on this CPU? (issue 4, a ceiling)
+"""How fast can any int8 model of the benchmark networks be on ONNX Runtime on this CPU? (issue 4, a ceiling)
 
-    env -u OPENBLAS_CORETYPE .venv/bin/python bench/compress/int8_ceiling.py [--rounds 7] [--repeats 200]
+    env -u OPENBLAS_CORETYPE .venv/bin/python bench/compress/int8_ceiling.py [--models cnn mlp] [--rounds 7]
 
 The int8 goal of issue 4 asks for the small Fashion-MNIST CNN (``ImageNetConfig()``: conv
-1->32 and 32->64, 3x3, each with ReLU and 2x2 max pooling, then 3136->128->10) at <= 0.3x
-of ONNX Runtime fp32 latency. This script bounds what any int8 model of that network can
-reach with ONNX Runtime's kernels on the machine it runs on, without training anything:
+1->32 and 32->64, 3x3, each with ReLU and 2x2 max pooling, then 3136->128->10) and the MLP
+784-2048-2048-10 at <= 0.3x of ONNX Runtime fp32 latency, at batch 1 and 64. This script
+bounds what any int8 model of those networks can reach with ONNX Runtime's kernels on the
+machine it runs on, without training anything:
 
 * **fp32**: the whole network in float (Conv, Relu, MaxPool, Gemm), the goal's reference.
-* **int8 floor**: each of the four weighted layers alone as the int8 operator ONNX Runtime
+* **int8 floor**: each weighted layer alone as the int8 operator ONNX Runtime
   runs for a quantized model (QLinearConv, QLinearMatMul; uint8 activations, int8
   per-channel weights, already-quantized inputs), and as its float kernel inside the
   float network (ONNX Runtime's fused, blocked-layout Conv and Gemm), each timed by ONNX
@@ -61,32 +62,50 @@ def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[
     return model.SerializeToString()
 
 
-def fp32_cnn(rng: np.random.Generator) -> bytes:
-    """The whole small CNN in float: Conv-Relu-MaxPool twice, Flatten, Gemm-Relu, Gemm."""
+# A network: its float input shape (without the batch axis) and its weighted layers in order,
+# ("conv", c_in, c_out, input shape) for a 3x3 convolution followed by ReLU and 2x2 max pooling,
+# ("fc", k, n, (k,)) for a dense layer (ReLU after every one but the last).
+NETWORKS: dict[str, tuple[tuple[int, ...], list[tuple[str, int, int, tuple[int, ...]]]]] = {
+    "cnn": ((1, 28, 28), [
+        ("conv", 1, 32, (1, 28, 28)), ("conv", 32, 64, (32, 14, 14)),
+        ("fc", 3136, 128, (3136,)), ("fc", 128, 10, (128,)),
+    ]),
+    "mlp": ((784,), [("fc", 784, 2048, (784,)), ("fc", 2048, 2048, (2048,)), ("fc", 2048, 10, (2048,))]),
+}  # fmt: skip
+
+
+def layer_name(kind: str, c_in: int, c_out: int) -> str:
+    return f"{kind} {c_in}->{c_out}"
+
+
+def fp32_network(rng: np.random.Generator, input_shape: tuple[int, ...], layers: list[Any]) -> bytes:
+    """The whole network in float: Conv-Relu-MaxPool per conv layer, Flatten, Gemm(-Relu) per dense layer."""
     f = np.float32
-    inits = [
-        _init("w1", rng.normal(0, 0.3, (32, 1, 3, 3)).astype(f)), _init("b1", np.zeros(32, f)),
-        _init("w2", rng.normal(0, 0.06, (64, 32, 3, 3)).astype(f)), _init("b2", np.zeros(64, f)),
-        _init("w3", rng.normal(0, 0.02, (128, 3136)).astype(f)), _init("b3", np.zeros(128, f)),
-        _init("w4", rng.normal(0, 0.1, (10, 128)).astype(f)), _init("b4", np.zeros(10, f)),
-    ]  # fmt: skip
-    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("MaxPool", ["r1"], ["p1"], **pool),
-        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("MaxPool", ["r2"], ["p2"], **pool),
-        helper.make_node("Flatten", ["p2"], ["f"]),
-        helper.make_node("Gemm", ["f", "w3", "b3"], ["g3"], transB=1),
-        helper.make_node("Relu", ["g3"], ["r3"]),
-        helper.make_node("Gemm", ["r3", "w4", "b4"], ["y"], transB=1),
-    ]
+    nodes, inits, x = [], [], "x"
+    last = len(layers) - 1
+    for i, (kind, c_in, c_out, _) in enumerate(layers):
+        shape = (c_out, c_in, 3, 3) if kind == "conv" else (c_out, c_in)
+        inits += [_init(f"w{i}", rng.normal(0, 0.05, shape).astype(f)), _init(f"b{i}", np.zeros(c_out, f))]
+        if kind == "conv":
+            nodes += [
+                helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+                helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
+            ]
+            x = f"p{i}"
+            continue
+        if len(input_shape) > 1 and i > 0 and layers[i - 1][0] == "conv":
+            nodes.append(helper.make_node("Flatten", [x], [f"flat{i}"]))
+            x = f"flat{i}"
+        out = "y" if i == last else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [out], transB=1))
+        if i != last:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            x = f"r{i}"
     return _model(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", layers[-1][2]])],
         inits,
     )
 
@@ -209,38 +228,40 @@ def cpu_flags() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(NETWORKS), default=["cnn", "mlp"],
+                        help="networks to bound (cnn: the small CNN; mlp: 784-2048-2048-10)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median over rounds)")
     parser.add_argument("--repeats", type=int, default=200, help="runs per round at batch 1 (batch 64: a quarter)")
     parser.add_argument("--profile-runs", type=int, default=50, help="profiled runs per graph for kernel times")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    layers = {  # name: (c_in, c_out, conv?, input shape without the batch axis)
-        "conv1 1->32 @28x28": (1, 32, True, (1, 28, 28)),
-        "conv2 32->64 @14x14": (32, 64, True, (32, 14, 14)),
-        "fc1 3136->128": (3136, 128, False, (3136,)),
-        "fc2 128->10": (128, 10, False, (128,)),
-    }
     graphs: dict[str, tuple[ort.InferenceSession, dict[int, dict[str, np.ndarray]]]] = {}
     kernels: dict[tuple[str, int], float] = {}  # profiled kernel ms: int8 layer alone, float layer inside the network
-    for name, (c_in, c_out, conv, shape) in layers.items():
-        int8 = qlinear_conv(rng, c_in, c_out) if conv else qlinear_matmul(rng, c_in, c_out)
-        feeds = {b: {"x": rng.integers(0, 256, (b, *shape)).astype(np.uint8)} for b in (1, 64)}
-        graphs[f"{name} int8"] = (session(int8), feeds)
-        for b in (1, 64):
-            # only the QLinear kernel: ONNX Runtime runs QLinearConv in NHWC and wraps a lone one in
-            # Transposes, which a whole int8 network mostly avoids
-            (kernel,) = [ms for op, ms in kernel_ms(int8, feeds[b], args.profile_runs) if op.startswith("QLinear")]
-            kernels[(f"{name} int8", b)] = kernel
-    x = {b: {"x": rng.random((b, 1, 28, 28), dtype=np.float32)} for b in (1, 64)}
-    cnn = fp32_cnn(rng)
-    graphs["fp32 CNN"] = (session(cnn), x)
-    for b in (1, 64):  # the float network's weighted kernels in execution order: Conv, Conv, (Fused)Gemm, Gemm
-        weighted = [ms for op, ms in kernel_ms(cnn, x[b], args.profile_runs) if op in ("Conv", "FusedConv", "FusedGemm", "Gemm")]
-        if len(weighted) != len(layers):
-            raise SystemExit(f"expected {len(layers)} weighted kernels in the float network's profile, got {len(weighted)}")
-        for name, kernel in zip(layers, weighted, strict=True):
-            kernels[(f"{name} fp32", b)] = kernel
+    for net in args.models:
+        input_shape, layers = NETWORKS[net]
+        for kind, c_in, c_out, shape in layers:
+            name = f"{net} {layer_name(kind, c_in, c_out)}"
+            int8 = qlinear_conv(rng, c_in, c_out) if kind == "conv" else qlinear_matmul(rng, c_in, c_out)
+            feeds = {b: {"x": rng.integers(0, 256, (b, *shape)).astype(np.uint8)} for b in (1, 64)}
+            graphs[f"{name} int8"] = (session(int8), feeds)
+            for b in (1, 64):
+                # only the QLinear kernel: ONNX Runtime runs QLinearConv in NHWC and wraps a lone one in
+                # Transposes, which a whole int8 network mostly avoids
+                (kernel,) = [ms for op, ms in kernel_ms(int8, feeds[b], args.profile_runs) if op.startswith("QLinear")]
+                kernels[(f"{name} int8", b)] = kernel
+        x = {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in (1, 64)}
+        model = fp32_network(rng, input_shape, layers)
+        graphs[f"{net} fp32 network"] = (session(model), x)
+        for b in (1, 64):  # the float network's weighted kernels, in execution order
+            weighted = [
+                ms for op, ms in kernel_ms(model, x[b], args.profile_runs)
+                if op in ("Conv", "FusedConv", "FusedGemm", "Gemm", "MatMul")
+            ]  # fmt: skip
+            if len(weighted) != len(layers):
+                raise SystemExit(f"expected {len(layers)} weighted kernels in the float {net}'s profile, got {len(weighted)}")
+            for (kind, c_in, c_out, _), kernel in zip(layers, weighted, strict=True):
+                kernels[(f"{net} {layer_name(kind, c_in, c_out)} fp32", b)] = kernel
     m = 256
     graphs["GEMM fp32"] = (session(gemm(rng, 1024, 1024, integer=False)), {m: {"x": rng.random((m, 1024), dtype=np.float32)}})
     graphs["GEMM u8s8"] = (
@@ -264,33 +285,31 @@ def main(argv: list[str] | None = None) -> int:
     flags = cpu_flags()
     print(f"CPU integer flags: {' '.join(flags) or 'none found'}; onnxruntime {ort.__version__}, 1 thread\n")
     print("kernel ms (profiled; int8: the layer alone, fp32: inside the float network)")
-    print(f"{'layer':<27} {'b1':>9} {'b64':>9}")
-    for name in layers:
-        for kind in ("int8", "fp32"):
-            key = f"{name} {kind}"
-            print(f"{key:<27} {kernels[(key, 1)]:9.4f} {kernels[(key, 64)]:9.4f}")
+    print(f"{'layer':<32} {'b1':>9} {'b64':>9}")
+    for key in sorted({k for k, _ in kernels}, key=list(dict.fromkeys(k for k, _ in kernels)).index):
+        print(f"{key:<32} {kernels[(key, 1)]:9.4f} {kernels[(key, 64)]:9.4f}")
     print("\nwall ms per call (session.run, interleaved rounds)")
     for name in [g for g in graphs if not g.startswith("GEMM")]:
-        print(f"{name:<27} {ms[(name, 1)]:9.4f} {ms[(name, 64)]:9.4f}")
+        print(f"{name:<32} {ms[(name, 1)]:9.4f} {ms[(name, 64)]:9.4f}")
     print()
     out: dict[str, Any] = {
         "cpu_flags": flags, "onnxruntime": ort.__version__,
         "wall_ms": {f"{n}|b{b}": v for (n, b), v in ms.items()},
         "kernel_ms": {f"{n}|b{b}": v for (n, b), v in kernels.items()},
     }  # fmt: skip
-    passes = []
-    for b in (1, 64):
-        # each layer as the faster of int8 and float (a mixed model may keep any layer in float)
-        floor = sum(min(kernels[(f"{name} int8", b)], kernels[(f"{name} fp32", b)]) for name in layers)
-        ratio = floor / ms[("fp32 CNN", b)]
-        reachable = ratio <= GOAL
-        passes.append(reachable)
-        out[f"floor_ratio_b{b}"] = ratio
-        print(
-            f"batch {b:>2}: weighted kernels, each the faster of int8 and fp32, {floor:.4f} ms over fp32 CNN {ms[('fp32 CNN', b)]:.4f} ms = "
-            f"{ratio:.3f}x (a lower bound for any int8 model; goal <= {GOAL}x: "
-            f"{'reachable' if reachable else 'out of reach on this CPU'})"
-        )
+    for net in args.models:
+        names = [f"{net} {layer_name(kind, c_in, c_out)}" for kind, c_in, c_out, _ in NETWORKS[net][1]]
+        for b in (1, 64):
+            # each layer as the faster of int8 and float (a mixed model may keep any layer in float)
+            floor = sum(min(kernels[(f"{n} int8", b)], kernels[(f"{n} fp32", b)]) for n in names)
+            whole = ms[(f"{net} fp32 network", b)]
+            ratio = floor / whole
+            out[f"{net}_floor_ratio_b{b}"] = ratio
+            print(
+                f"{net} batch {b:>2}: weighted kernels, each the faster of int8 and fp32, {floor:.4f} ms over the "
+                f"fp32 network's {whole:.4f} ms = {ratio:.3f}x (a lower bound for any int8 model; goal <= {GOAL}x: "
+                f"{'reachable' if ratio <= GOAL else 'out of reach on this CPU'})"
+            )
     peak = ms[("GEMM u8s8", m)] / ms[("GEMM fp32", m)]
     out["gemm_u8s8_over_fp32"] = peak
     print(
