@@ -37,7 +37,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from modelyard.compress import session_latency
 
 GOAL = 0.3
 OPSET = 17
@@ -135,7 +136,7 @@ def qlinear_conv(rng: np.random.Generator, c_in: int, c_out: int) -> bytes:
 
 
 def qlinear_matmul(rng: np.random.Generator, k: int, n: int) -> bytes:
-    """One QLinearMatMul (uint8 [N, k] by int8 [k, n], per-column weight scales) and its int8 bias add.
+    """One QLinearMatMul: uint8 [N, k] by int8 [k, n], per-column weight scales.
 
     ONNX Runtime turns a quantized Gemm into QLinearMatMul followed by an Add of the
     bias; the Add is left out (the floor only counts the product).
@@ -157,13 +158,8 @@ def kernel_ms(model: bytes, feed: dict[str, np.ndarray], runs: int) -> list[tupl
     Kernel times exclude the session's own per-call overhead, so sums of them are lower
     bounds on what a graph made of those kernels takes.
     """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        sess = session(model, profile=Path(tmp) / "profile")
         for _ in range(runs + 10):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
@@ -195,23 +191,18 @@ def gemm(rng: np.random.Generator, k: int, n: int, *, integer: bool) -> bytes:
     )
 
 
-def session(model: bytes) -> ort.InferenceSession:
+def session(model: bytes, *, profile: Path | None = None) -> ort.InferenceSession:
+    """A one-thread CPU session with every graph optimization, as ``modelyard.compress.measure`` runs;
+    with ``profile``, ONNX Runtime's profiler writes there."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def time_round(sess: ort.InferenceSession, feed: dict[str, np.ndarray], repeats: int) -> float:
-    """Median seconds of ``repeats`` runs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cpu_flags() -> list[str]:
@@ -279,14 +270,15 @@ def main(argv: list[str] | None = None) -> int:
                 repeats = args.repeats if b == 1 else max(args.repeats // 4, 10)
                 if b == m and name.startswith("GEMM"):
                     repeats = 10
-                rounds.setdefault((name, b), []).append(time_round(sess, feed, repeats))
-    ms = {key: 1e3 * statistics.median(v) for key, v in rounds.items()}
+                latency = session_latency(sess, feed, warmup=0, repeats=repeats)
+                rounds.setdefault((name, b), []).append(latency.p50_ms)
+    ms = {key: statistics.median(v) for key, v in rounds.items()}
 
     flags = cpu_flags()
     print(f"CPU integer flags: {' '.join(flags) or 'none found'}; onnxruntime {ort.__version__}, 1 thread\n")
     print("kernel ms (profiled; int8: the layer alone, fp32: inside the float network)")
     print(f"{'layer':<32} {'b1':>9} {'b64':>9}")
-    for key in sorted({k for k, _ in kernels}, key=list(dict.fromkeys(k for k, _ in kernels)).index):
+    for key in dict.fromkeys(k for k, _ in kernels):  # layer names, first-seen order
         print(f"{key:<32} {kernels[(key, 1)]:9.4f} {kernels[(key, 64)]:9.4f}")
     print("\nwall ms per call (session.run, interleaved rounds)")
     for name in [g for g in graphs if not g.startswith("GEMM")]:

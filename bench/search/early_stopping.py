@@ -135,8 +135,6 @@ def search(data: Any, mode: str, args: argparse.Namespace, seed: int) -> dict[st
         max_epochs=args.epochs, patience=args.patience or args.epochs, seed=0,
         numeric_embedding="none" if pixels else "periodic",
     )  # fmt: skip
-    if pixels and args.space == "mlp":
-        raise SystemExit("--task fashion needs --space wide (spaces.mlp() tunes Adult's numeric embedding)")
     space = spaces.mlp() if args.space == "mlp" else wide_mlp_space(pixels=pixels)
     rule: Any = mode
     if mode == "asha" and args.min_epochs != 1:  # rungs at min, 3 min, 9 min, ... epochs
@@ -203,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 30 s budgets, 2,000 rows, 9 epochs")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.task == "fashion" and args.space == "mlp":  # checked before any data is loaded
+        parser.error("--task fashion needs --space wide (spaces.mlp() tunes Adult's numeric embedding)")
     if args.quick:
         args.seeds, args.budget_s, args.rows, args.epochs = 1, 30.0, 2000, 9
     torch.set_num_threads(1)
